@@ -1,0 +1,1 @@
+"""gpulet agent: one per host; runs gpulets as partition-limited worker processes."""

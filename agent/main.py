@@ -1,0 +1,103 @@
+"""`gpulet agent`: discover devices, serve the agent API, heartbeat into Redis, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+
+from aiohttp import web
+
+from agent.api import STATE_KEY, create_app
+from agent.devices import discover_cpu
+from agent.supervisor import Supervisor
+from common.cluster import AgentInfo
+from common.settings import AgentSettings
+from common.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class MissingRedis(RuntimeError):
+    pass
+
+
+async def heartbeat_loop(store: Store, info: AgentInfo, supervisor: Supervisor, ttl_s: float,
+                         interval_s: float) -> None:  # fmt: skip
+    """Renew our registration forever; a failed beat is logged and the next one tries again."""
+    while True:
+        try:
+            await store.heartbeat(info, supervisor.statuses(), ttl_s)
+        except Exception:
+            logger.exception("heartbeat failed agent=%s", info.agent_id)
+        await asyncio.sleep(interval_s)
+
+
+async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> None:
+    if not settings.redis_url:
+        raise MissingRedis(
+            "the agent needs GPULET_REDIS_URL (or REDIS_URL) to join the cluster; "
+            "`gpulet up` sets it for you"
+        )
+    stop = stop or asyncio.Event()
+    device = discover_cpu(settings.agent_cores)
+    supervisor = Supervisor(settings)
+    await supervisor.start()
+    store = Store.from_url(settings.redis_url, settings.redis_prefix)
+    runner: web.AppRunner | None = None
+    beat: asyncio.Task[None] | None = None
+    try:
+        # Bind first, so that port 0 resolves to the real port before we advertise it.
+        placeholder = AgentInfo("", "", "", 0, (device,), time.time())
+        runner = web.AppRunner(create_app(placeholder, supervisor), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.agent_host, settings.agent_port)
+        await site.start()
+        port = _bound_port(site, settings.agent_port)
+        agent_id = settings.agent_id or f"{socket.gethostname()}-{port}"
+        url = settings.agent_advertise_url or f"http://{settings.agent_host}:{port}"
+        info = AgentInfo(agent_id, url, socket.gethostname(), os.getpid(), (device,), time.time())
+        runner.app[STATE_KEY].info = info
+        await store.heartbeat(info, [], settings.heartbeat_ttl_s)
+        beat = asyncio.create_task(
+            heartbeat_loop(store, info, supervisor, settings.heartbeat_ttl_s,
+                           settings.heartbeat_interval_s)
+        )  # fmt: skip
+        logger.info("agent up id=%s url=%s cores=%s", agent_id, url, device.cores)
+        await stop.wait()
+        logger.info("agent stopping id=%s", agent_id)
+        with contextlib.suppress(Exception):
+            await store.remove_agent(agent_id)
+    finally:
+        if beat is not None:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        await supervisor.close()
+        if runner is not None:
+            await runner.cleanup()
+        await store.close()
+        logger.info("agent stopped")
+
+
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    server = site._server  # aiohttp exposes no public accessor for the bound socket
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else configured
+
+
+def run(settings: AgentSettings) -> None:
+    """Blocking entry point: serve until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop=stop)
+
+    asyncio.run(main())

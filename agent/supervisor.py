@@ -1,0 +1,395 @@
+"""The supervisor: keeps one spawned worker per desired gpulet alive and runs batches on it.
+
+Workers connect back to one unix socket and say hello with their gpulet id and generation. Each
+gpulet has a `WorkerSlot` whose task starts the process, waits for "ready", reads replies, pings
+while idle, and restarts the worker (with back-off) when it dies. A dead worker's in-flight
+batches fail at once with BackendFailed: its socket closes when the process does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from agent.worker import WorkerConfig, worker_main
+from common import frames
+from common.cluster import GpuletState, GpuletStatus
+from common.errors import BackendFailed, DeadlinePassed, GpuletError, Overloaded, Unavailable
+from common.errors import from_code as error_from_code
+from common.modelzoo.cache import onnx_path
+from common.placement import GpuletSpec
+from common.settings import AgentSettings
+from common.stream import StreamClosed, read_message, write_message
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+SOCKET_NAME = "workers.sock"
+
+
+class WorkerSlot:
+    """One gpulet: its current worker process, connection and in-flight batches."""
+
+    def __init__(self, spec: GpuletSpec, supervisor: Supervisor) -> None:
+        self.spec = spec
+        self.sup = supervisor
+        self.generation = 0
+        self.state: GpuletState = "starting"
+        self.error: str | None = None
+        self.restarts = 0
+        self.process: BaseProcess | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future[frames.Frame]] = {}
+        self.ids = itertools.count(1)
+        self.connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None
+        self.connected = None
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    # status -------------------------------------------------------------------------------
+    def status(self) -> GpuletStatus:
+        return GpuletStatus(
+            gpulet_id=self.spec.gpulet_id,
+            state=self.state,
+            models=self.spec.model_names,
+            cores=self.spec.cores,
+            pid=self.process.pid if self.process is not None else None,
+            restarts=self.restarts,
+            pending=len(self.pending),
+            error=self.error,
+        )
+
+    # life cycle ---------------------------------------------------------------------------
+    async def supervise(self) -> None:
+        """Start, serve and restart the worker until told to stop; never dies on one failure."""
+        failures = 0
+        while not self.stopping:
+            try:
+                served_ok = await self._one_life()
+            except Exception:
+                logger.exception("gpulet=%s supervision step failed", self.spec.gpulet_id)
+                served_ok = False
+            await self._reap()
+            if self.stopping:
+                break
+            failures = 0 if served_ok else failures + 1
+            self.restarts += 1
+            self.state = "restarting"
+            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            logger.warning(
+                "gpulet=%s worker gone; restart #%d in %.1fs", self.spec.gpulet_id,
+                self.restarts, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+
+    async def _one_life(self) -> bool:
+        """One worker process from spawn to death; True if it reached ready."""
+        self.generation += 1
+        self.ready.clear()
+        loop = asyncio.get_running_loop()
+        self.connected = loop.create_future()
+        config = WorkerConfig(
+            gpulet_id=self.spec.gpulet_id,
+            generation=self.generation,
+            socket_path=str(self.sup.socket_path),
+            cores=self.spec.cores,
+            models=self.spec.model_names,
+            model_paths=tuple(str(onnx_path(self.sup.model_dir, m)) for m in self.spec.model_names),
+            log_level=self.sup.settings.log_level,
+        )
+        missing = _missing_files(config.model_paths)
+        if missing:
+            self.state, self.error = (
+                "failed",
+                (f"model files missing: {missing}; build them with `gpulet models build`"),
+            )
+            logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
+            return False
+        self.process = self.sup.mp.Process(
+            target=worker_main, args=(config,), name=f"gpulet-{self.spec.gpulet_id}", daemon=True
+        )
+        self.process.start()
+        self.state = "starting"
+        logger.info(
+            "gpulet=%s worker started pid=%s models=%s cores=%s generation=%d",
+            self.spec.gpulet_id, self.process.pid, ",".join(self.spec.model_names),
+            self.spec.cores, self.generation,
+        )  # fmt: skip
+        timeout_s = self.sup.settings.worker_start_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await self._await_connection()
+                first = frames.decode(await read_message(reader))
+        except (TimeoutError, StreamClosed) as exc:
+            self.error = f"worker did not start within {timeout_s:.0f}s: {exc!r}"
+            logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
+            return False
+        self.writer = writer
+        if first.header.get("op") != "ready":
+            self.state = "failed"
+            self.error = str(first.header.get("error", "worker failed to load"))
+            logger.error("gpulet=%s load failed: %s", self.spec.gpulet_id, self.error)
+            return False
+        self.state, self.error = "ready", None
+        self.ready.set()
+        logger.info(
+            "gpulet=%s ready load_ms=%.0f", self.spec.gpulet_id, first.header.get("load_ms", 0)
+        )
+        pinger = asyncio.create_task(self._ping_loop())
+        try:
+            await self._read_replies(reader)
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+        return True
+
+    async def _await_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        assert self.connected is not None and self.process is not None
+        exited: asyncio.Future[None] = asyncio.ensure_future(_wait_exit(self.process))
+        waiting: set[asyncio.Future[object]] = {self.connected, exited}  # type: ignore[arg-type]
+        try:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        if self.connected in done:
+            return self.connected.result()
+        raise StreamClosed(f"worker exited with code {self.process.exitcode} before connecting")
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                reply = frames.decode(await read_message(reader))
+                future = self.pending.pop(int(reply.header.get("id", -1)), None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except StreamClosed:
+            pass
+        finally:
+            self.ready.clear()
+            self.state = "stopping" if self.stopping else "restarting"
+            self._fail_pending(
+                Unavailable(f"gpulet {self.spec.gpulet_id} stopped", gpulet=self.spec.gpulet_id)
+                if self.stopping
+                else BackendFailed(
+                    f"worker of gpulet {self.spec.gpulet_id} died with the batch in flight",
+                    gpulet=self.spec.gpulet_id,
+                )
+            )
+
+    async def _ping_loop(self) -> None:
+        settings = self.sup.settings
+        while True:
+            await asyncio.sleep(settings.worker_ping_interval_s)
+            if self.pending:  # busy workers answer batches, which proves them alive
+                continue
+            try:
+                await self._call({"op": "ping"}, None, settings.worker_ping_timeout_s)
+            except DeadlinePassed:
+                logger.error(
+                    "gpulet=%s worker missed a ping for %.0fs; killing it",
+                    self.spec.gpulet_id, settings.worker_ping_timeout_s,
+                )  # fmt: skip
+                if self.process is not None:
+                    self.process.kill()
+                return
+            except GpuletError:
+                return
+
+    def _fail_pending(self, error: GpuletError) -> None:
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _reap(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.process is not None:
+            await stop_worker(self.process, self.sup.settings.worker_stop_timeout_s)
+            logger.info(
+                "gpulet=%s worker pid=%s exited code=%s", self.spec.gpulet_id, self.process.pid,
+                self.process.exitcode,
+            )  # fmt: skip
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.state = "stopping"
+        if self.process is not None and self.process.is_alive():
+            await stop_worker(self.process, self.sup.settings.worker_stop_timeout_s)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self._fail_pending(Unavailable(f"gpulet {self.spec.gpulet_id} stopped"))
+        await self._reap()
+
+    # batches ------------------------------------------------------------------------------
+    async def run(
+        self, model: str, tensors: dict[str, frames.Array], deadline_monotonic_s: float
+    ) -> frames.Frame:
+        if self.state != "ready":
+            raise Unavailable(
+                f"gpulet {self.spec.gpulet_id} is {self.state}",
+                gpulet=self.spec.gpulet_id,
+                retry_after_s=1.0,
+            )
+        limit = self.sup.settings.max_pending_per_gpulet
+        if len(self.pending) >= limit:
+            raise Overloaded(
+                f"gpulet {self.spec.gpulet_id} has {len(self.pending)} batches queued",
+                queued=len(self.pending),
+                limit=limit,
+            )
+        header = {"op": "run", "model": model, "deadline_monotonic_s": deadline_monotonic_s}
+        reply = await self._call(header, tensors, deadline_monotonic_s - time.monotonic())
+        if reply.header.get("op") == "error":
+            raise error_from_code(
+                str(reply.header.get("code")),
+                str(reply.header.get("message")),
+                gpulet=self.spec.gpulet_id,
+            )
+        return reply
+
+    async def _call(
+        self, header: dict[str, object], tensors: dict[str, frames.Array] | None, timeout_s: float
+    ) -> frames.Frame:
+        if self.writer is None:
+            raise Unavailable(f"gpulet {self.spec.gpulet_id} has no worker connected")
+        if timeout_s <= 0:
+            raise DeadlinePassed("deadline passed before the batch was sent")
+        call_id = next(self.ids)
+        future: asyncio.Future[frames.Frame] = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = future
+        write_message(self.writer, frames.encode({**header, "id": call_id}, tensors))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.writer.drain()
+                return await future
+        except TimeoutError as exc:
+            raise DeadlinePassed(
+                f"no answer from gpulet {self.spec.gpulet_id} within the deadline",
+                gpulet=self.spec.gpulet_id,
+            ) from exc
+        except ConnectionError as exc:
+            raise BackendFailed(f"worker of gpulet {self.spec.gpulet_id} is gone") from exc
+        finally:
+            # A late reply finds no future and is dropped; the worker skips expired batches.
+            self.pending.pop(call_id, None)
+
+
+class Supervisor:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.model_dir = settings.model_dir
+        self.mp = multiprocessing.get_context("spawn")
+        self._tmp = tempfile.TemporaryDirectory(prefix="gpulet-agent-")
+        self.socket_path = Path(self._tmp.name) / SOCKET_NAME
+        self.slots: dict[str, WorkerSlot] = {}
+        self._server: asyncio.Server | None = None
+        self._apply_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = frames.decode(await read_message(reader)).header
+        except (StreamClosed, frames.FrameError):
+            writer.close()
+            return
+        slot = self.slots.get(str(hello.get("gpulet_id")))
+        if (
+            slot is None
+            or slot.generation != hello.get("generation")
+            or slot.connected is None
+            or slot.connected.done()
+        ):
+            logger.warning("stale worker connection %s closed", hello)
+            writer.close()
+            return
+        slot.connected.set_result((reader, writer))
+
+    async def apply(self, specs: Sequence[GpuletSpec]) -> None:
+        """Make the running gpulets equal `specs`: start new ones, stop gone or changed ones."""
+        async with self._apply_lock:
+            wanted = {s.gpulet_id: s for s in specs}
+            for gpulet_id, slot in list(self.slots.items()):
+                if wanted.get(gpulet_id) != slot.spec:
+                    del self.slots[gpulet_id]
+                    await slot.stop()
+                    logger.info("gpulet=%s stopped (no longer desired)", gpulet_id)
+            for gpulet_id, spec in wanted.items():
+                if gpulet_id not in self.slots:
+                    slot = WorkerSlot(spec, self)
+                    self.slots[gpulet_id] = slot
+                    slot.task = asyncio.create_task(slot.supervise(), name=f"slot-{gpulet_id}")
+
+    async def run(
+        self,
+        gpulet_id: str,
+        model: str,
+        tensors: dict[str, frames.Array],
+        deadline_monotonic_s: float,
+    ) -> frames.Frame:
+        slot = self.slots.get(gpulet_id)
+        if slot is None:
+            raise Unavailable(f"no gpulet {gpulet_id} on this agent", gpulet=gpulet_id)
+        if model not in slot.spec.model_names:
+            raise Unavailable(f"gpulet {gpulet_id} does not serve {model}", gpulet=gpulet_id)
+        return await slot.run(model, tensors, deadline_monotonic_s)
+
+    def statuses(self) -> list[GpuletStatus]:
+        return [slot.status() for slot in self.slots.values()]
+
+    async def close(self) -> None:
+        await self.apply([])
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._tmp.cleanup()
+
+
+def _missing_files(paths: Sequence[str]) -> list[str]:
+    return [p for p in paths if not Path(p).exists()]
+
+
+async def _wait_exit(process: BaseProcess) -> None:
+    """Wait until the process exits, without a thread: its sentinel fd becomes readable."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    sentinel = process.sentinel
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(sentinel, on_exit)
+    try:
+        if process.exitcode is None:
+            await exited
+    finally:
+        loop.remove_reader(sentinel)
+    process.join(0)
+
+
+async def stop_worker(process: BaseProcess, timeout_s: float) -> None:
+    """terminate -> join(timeout) -> kill -> join."""
+    if process.exitcode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(_wait_exit(process), timeout_s)
+        except TimeoutError:
+            process.kill()
+            await asyncio.wait_for(_wait_exit(process), timeout_s)
+    process.join(0)

@@ -1,0 +1,168 @@
+"""The worker: one spawned process per gpulet, running its models' ONNX Runtime sessions.
+
+Start-up order matters: the partition limit (CPU affinity) is applied before onnxruntime is
+imported, so ORT's thread pool is created inside the core set. Then the worker connects to its
+agent's unix socket, loads and warms up its models, says "ready", and serves one message at a
+time: `run` (a batch, raw tensors), `ping`, `stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common import frames
+from common.logs import configure_logging
+from common.models import CATALOG, ModelSpec
+from common.procs import die_with_parent
+from common.stream import StreamClosed, recv_message, send_message
+
+logger = logging.getLogger(__name__)
+
+WARMUP_RUNS = 2
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    gpulet_id: str
+    generation: int  # which start of this gpulet; lets the agent ignore a stale connection
+    socket_path: str
+    cores: tuple[int, ...]
+    models: tuple[str, ...]
+    model_paths: tuple[str, ...]
+    log_level: str = "INFO"
+
+
+def worker_main(config: WorkerConfig) -> None:
+    """Entry point of the spawned process."""
+    configure_logging(config.log_level, process_name=f"worker[{config.gpulet_id}]")
+    # Ctrl-C in a terminal reaches the whole process group; the agent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    if config.cores:
+        os.sched_setaffinity(0, set(config.cores))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(config.socket_path)
+    hello = {"op": "hello", "gpulet_id": config.gpulet_id, "generation": config.generation}
+    send_message(sock, frames.encode({**hello, "pid": os.getpid()}))
+    try:
+        runner = ModelRunner.load(config)
+    except Exception as exc:
+        logger.exception("worker load failed gpulet=%s", config.gpulet_id)
+        send_message(sock, frames.encode({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
+        sys.exit(1)
+    send_message(sock, frames.encode({"op": "ready", "load_ms": runner.load_ms}))
+    logger.info(
+        "worker ready gpulet=%s models=%s cores=%s load_ms=%.0f",
+        config.gpulet_id, ",".join(config.models), config.cores, runner.load_ms,
+    )  # fmt: skip
+    try:
+        serve(sock, runner)
+    except StreamClosed:
+        logger.info("agent closed the socket; worker exits gpulet=%s", config.gpulet_id)
+    finally:
+        sock.close()
+
+
+def serve(sock: socket.socket, runner: ModelRunner) -> None:
+    while True:
+        message = frames.decode(recv_message(sock))
+        op = message.header.get("op")
+        if op == "run":
+            send_message(sock, runner.handle_run(message))
+        elif op == "ping":
+            send_message(sock, frames.encode({"op": "pong", "id": message.header.get("id")}))
+        elif op == "stop":
+            return
+        else:
+            logger.warning("unknown op %r ignored", op)
+
+
+class ModelRunner:
+    """ONNX Runtime sessions of one gpulet; imports onnxruntime only once affinity is set."""
+
+    def __init__(self, sessions: dict[str, Any], specs: dict[str, ModelSpec], load_ms: float):
+        self.sessions = sessions
+        self.specs = specs
+        self.load_ms = load_ms
+
+    @classmethod
+    def load(cls, config: WorkerConfig) -> ModelRunner:
+        import onnxruntime as ort
+
+        started = time.perf_counter()
+        options = ort.SessionOptions()
+        # One intra-op thread per core of the partition: more threads oversubscribe the core
+        # set (machine-notes section 3 measured 1.1-1.7x slower requests when they do).
+        options.intra_op_num_threads = max(1, len(config.cores) or (os.cpu_count() or 1))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        sessions: dict[str, Any] = {}
+        specs: dict[str, ModelSpec] = {}
+        for name, path in zip(config.models, config.model_paths, strict=True):
+            spec = CATALOG[name]
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            check_signature(spec, session)
+            sessions[name], specs[name] = session, spec
+        runner = cls(sessions, specs, 0.0)
+        for name in config.models:
+            for _ in range(WARMUP_RUNS):
+                runner.run(name, warmup_inputs(specs[name]))
+        runner.load_ms = (time.perf_counter() - started) * 1000
+        return runner
+
+    def run(self, model: str, inputs: dict[str, frames.Array]) -> dict[str, frames.Array]:
+        session = self.sessions[model]
+        outputs = session.run(None, inputs)
+        names = (spec.name for spec in self.specs[model].outputs)
+        return dict(zip(names, outputs, strict=True))
+
+    def handle_run(self, message: frames.Frame) -> bytes:
+        header = message.header
+        request_id = header.get("id")
+        model = str(header.get("model"))
+        if model not in self.sessions:
+            return _error(request_id, "unavailable", f"model {model!r} is not loaded here")
+        # The deadline is on CLOCK_MONOTONIC, which all processes of one host share.
+        deadline = header.get("deadline_monotonic_s")
+        if deadline is not None and time.monotonic() >= float(deadline):
+            return _error(request_id, "deadline_exceeded", "deadline passed before the batch ran")
+        started = time.perf_counter()
+        try:
+            outputs = self.run(model, message.tensors)
+        except Exception as exc:  # onnxruntime raises several types; all mean the batch failed
+            logger.exception("batch failed gpulet model=%s id=%s", model, request_id)
+            return _error(request_id, "backend_failed", f"{type(exc).__name__}: {exc}")
+        compute_ms = (time.perf_counter() - started) * 1000
+        return frames.encode({"op": "result", "id": request_id, "compute_ms": compute_ms}, outputs)
+
+
+def _error(request_id: Any, code: str, message: str) -> bytes:
+    return frames.encode({"op": "error", "id": request_id, "code": code, "message": message})
+
+
+def warmup_inputs(spec: ModelSpec) -> dict[str, frames.Array]:
+    return {t.name: np.zeros((1, *t.item_shape), dtype=t.dtype) for t in spec.inputs}
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def check_signature(spec: ModelSpec, session: Any) -> None:
+    """Refuse a model file whose inputs or outputs differ from the catalog's signature."""
+    pairs = ((spec.inputs, session.get_inputs()), (spec.outputs, session.get_outputs()))
+    for declared, actual in pairs:
+        got = [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in actual]
+        want = [(t.name, t.dtype) for t in declared]
+        if got != want:
+            raise ValueError(f"model {spec.name}: file has {got}, catalog declares {want}")

@@ -1,0 +1,1 @@
+"""Shared by router, agent and tools: catalog, wire formats, settings, Redis state."""

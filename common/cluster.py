@@ -1,0 +1,101 @@
+"""What agents report about themselves: their devices and the state of their gpulets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+GpuletState = Literal["starting", "ready", "restarting", "failed", "stopping"]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: str
+    kind: str  # "cpu" | "nvidia" | "simulated"
+    cores: tuple[int, ...]  # for kind "cpu": the core ids this device may use
+    memory_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "kind": self.kind,
+            "cores": list(self.cores),
+            "memory_bytes": self.memory_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceInfo:
+        return cls(
+            device_id=str(data["device_id"]),
+            kind=str(data["kind"]),
+            cores=tuple(int(c) for c in data.get("cores", ())),
+            memory_bytes=int(data.get("memory_bytes", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent_id: str
+    url: str
+    hostname: str
+    pid: int
+    devices: tuple[DeviceInfo, ...]
+    started_at_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "url": self.url,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "devices": [d.to_json() for d in self.devices],
+            "started_at_s": self.started_at_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentInfo:
+        return cls(
+            agent_id=str(data["agent_id"]),
+            url=str(data["url"]),
+            hostname=str(data.get("hostname", "")),
+            pid=int(data.get("pid", 0)),
+            devices=tuple(DeviceInfo.from_json(d) for d in data.get("devices", ())),
+            started_at_s=float(data.get("started_at_s", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class GpuletStatus:
+    gpulet_id: str
+    state: GpuletState
+    models: tuple[str, ...]
+    cores: tuple[int, ...]
+    pid: int | None
+    restarts: int
+    pending: int
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gpulet_id": self.gpulet_id,
+            "state": self.state,
+            "models": list(self.models),
+            "cores": list(self.cores),
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "pending": self.pending,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GpuletStatus:
+        return cls(
+            gpulet_id=str(data["gpulet_id"]),
+            state=data["state"],
+            models=tuple(str(m) for m in data.get("models", ())),
+            cores=tuple(int(c) for c in data.get("cores", ())),
+            pid=None if data.get("pid") is None else int(data["pid"]),
+            restarts=int(data.get("restarts", 0)),
+            pending=int(data.get("pending", 0)),
+            error=data.get("error"),
+        )

@@ -1,0 +1,97 @@
+"""The model catalog: each zoo model's signature and default SLO.
+
+Pure data, no torch and no onnxruntime: the router validates requests against these signatures,
+the agent checks what it loads against them, and `common.modelzoo` builds the ONNX files that
+match them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A dimension of -1 is the dynamic batch axis; it is always axis 0.
+BATCH_DIM = -1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", ...
+    shape: tuple[int, ...]  # includes the batch axis as BATCH_DIM
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one item, without the batch axis."""
+        return self.shape[1:]
+
+    def describe(self) -> str:
+        dims = ", ".join("batch" if d == BATCH_DIM else str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    default_slo_ms: float
+    description: str
+
+    def input(self, name: str) -> TensorSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+
+def _image_model(name: str, slo_ms: float, description: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        inputs=(TensorSpec("input", "float32", (BATCH_DIM, 3, 224, 224)),),
+        outputs=(TensorSpec("output", "float32", (BATCH_DIM, 1000)),),
+        default_slo_ms=slo_ms,
+        description=description,
+    )
+
+
+BERT_SEQ_LEN = 128
+NOOP_WIDTH = 16
+
+# Default SLOs are roughly 3-5x the measured one-core batch-1 ONNX Runtime latency on this
+# machine class (reference/machine-notes.md section 3), as shared/scenarios/cpu-*.toml set them.
+CATALOG: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="lenet",
+            inputs=(TensorSpec("input", "float32", (BATCH_DIM, 1, 28, 28)),),
+            outputs=(TensorSpec("output", "float32", (BATCH_DIM, 10)),),
+            default_slo_ms=5.0,
+            description="LeNet-5, 1x28x28 grey image -> 10 class scores",
+        ),
+        _image_model("mobilenet_v2", 60.0, "MobileNetV2 (width 1.0), 3x224x224 -> 1000 scores"),
+        _image_model("resnet18", 200.0, "ResNet-18, 3x224x224 -> 1000 scores"),
+        _image_model("resnet50", 400.0, "ResNet-50, 3x224x224 -> 1000 scores"),
+        ModelSpec(
+            name="bert_mini",
+            inputs=(
+                TensorSpec("input_ids", "int64", (BATCH_DIM, BERT_SEQ_LEN)),
+                TensorSpec("attention_mask", "int64", (BATCH_DIM, BERT_SEQ_LEN)),
+            ),
+            outputs=(TensorSpec("logits", "float32", (BATCH_DIM, 2)),),
+            default_slo_ms=60.0,
+            description="BERT-mini encoder (4 layers, hidden 256, seq 128) -> 2-way classifier",
+        ),
+        ModelSpec(
+            name="noop",
+            inputs=(TensorSpec("input", "float32", (BATCH_DIM, NOOP_WIDTH)),),
+            outputs=(TensorSpec("output", "float32", (BATCH_DIM, NOOP_WIDTH)),),
+            default_slo_ms=10.0,
+            description="identity on 16 floats: measures serving overhead",
+        ),
+    )
+}
+
+
+def model_names() -> list[str]:
+    return sorted(CATALOG)

@@ -1,0 +1,82 @@
+"""Settings for each process, read from `GPULET_*` environment variables in entry points only.
+
+Every field maps to `GPULET_<FIELD>` (e.g. `router_port` -> `GPULET_ROUTER_PORT`); the Redis URL
+also accepts plain `REDIS_URL`. Nothing reads the environment at import time: `__main__`-level
+code builds these and passes them down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("gpulet")) / "models"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPULET_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GPULET_REDIS_URL", "REDIS_URL"),
+        description="Redis to use; unset: start redis-server from PATH, else embedded Valkey",
+    )
+    redis_prefix: str = Field(default="gpulet:", description="prefix of every Redis key we own")
+    model_dir: Path = Field(default_factory=default_model_dir, description="ONNX model cache")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+
+class RouterSettings(CommonSettings):
+    router_host: str = "127.0.0.1"
+    router_port: int = 8000
+    models: str = Field(
+        default="", description="comma-separated models to serve; empty: every catalog model"
+    )
+    max_batch: int = Field(default=64, ge=1, description="largest batch one request may carry")
+    max_deadline_ms: float = Field(
+        default=60_000.0, gt=0, description="cap on any request's deadline, whatever its slo_ms"
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, description="larger request bodies are answered 413"
+    )
+    deadline_factor: float = Field(
+        default=2.0,
+        gt=0,
+        description="a request's deadline is its slo_ms (else the model default) times this",
+    )
+    max_inflight_per_gpulet: int = Field(
+        default=256, ge=1, description="requests in flight per gpulet before 503 overloaded"
+    )
+    agent_connections: int = Field(default=256, ge=1, description="pooled connections per agent")
+    reconcile_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the router checks agents and the placement"
+    )
+    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After on 503 answers")
+
+
+class AgentSettings(CommonSettings):
+    agent_id: str | None = Field(default=None, description="default: hostname-port")
+    agent_host: str = "127.0.0.1"
+    agent_port: int = 8100
+    agent_advertise_url: str | None = Field(
+        default=None, description="URL the router uses to reach this agent (default from host:port)"
+    )
+    agent_cores: str | None = Field(
+        default=None, description="cores this agent may use, e.g. '0-3' or '0,2'; default: all"
+    )
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_ttl_s: float = Field(
+        default=5.0, gt=0, description="an agent silent this long is gone"
+    )
+    worker_start_timeout_s: float = Field(default=120.0, gt=0)
+    worker_stop_timeout_s: float = Field(default=5.0, gt=0)
+    worker_ping_interval_s: float = Field(default=1.0, gt=0)
+    worker_ping_timeout_s: float = Field(default=10.0, gt=0)
+    max_pending_per_gpulet: int = Field(
+        default=512, ge=1, description="batches queued at a worker before 503 overloaded"
+    )

@@ -1,0 +1,157 @@
+"""The only module that knows Redis keys: agents, gpulet states, the versioned placement, models.
+
+Key schema, all under one configurable prefix P:
+    P agent:{agent_id}      JSON AgentInfo, expires unless the agent's heartbeat renews it
+    P gpulets:{agent_id}    JSON list of GpuletStatus, same TTL as the agent
+    P placement             JSON Placement; `version` only ever grows (WATCH/MULTI)
+    P models                hash: model name -> JSON signature
+Nothing on a request's hot path reads from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from common.cluster import AgentInfo, GpuletStatus
+from common.models import ModelSpec
+from common.placement import Placement
+
+PLACEMENT_WRITE_ATTEMPTS = 5
+
+
+class PlacementConflict(RuntimeError):
+    """Another writer bumped the placement version first."""
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> Store:
+        return cls(aioredis.Redis.from_url(url, socket_connect_timeout=2.0), prefix)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    # keys ---------------------------------------------------------------------------------
+    def _agent_key(self, agent_id: str) -> str:
+        return f"{self.prefix}agent:{agent_id}"
+
+    def _gpulets_key(self, agent_id: str) -> str:
+        return f"{self.prefix}gpulets:{agent_id}"
+
+    @property
+    def _placement_key(self) -> str:
+        return f"{self.prefix}placement"
+
+    @property
+    def _models_key(self) -> str:
+        return f"{self.prefix}models"
+
+    # agents -------------------------------------------------------------------------------
+    async def heartbeat(
+        self, agent: AgentInfo, gpulets: Iterable[GpuletStatus], ttl_s: float
+    ) -> None:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self._agent_key(agent.agent_id), orjson.dumps(agent.to_json()), px=ttl_ms)
+            pipe.set(
+                self._gpulets_key(agent.agent_id),
+                orjson.dumps([g.to_json() for g in gpulets]),
+                px=ttl_ms,
+            )
+            await pipe.execute()
+
+    async def remove_agent(self, agent_id: str) -> None:
+        await self.client.delete(self._agent_key(agent_id), self._gpulets_key(agent_id))
+
+    async def agents(self) -> list[AgentInfo]:
+        keys = [k async for k in self.client.scan_iter(match=f"{self.prefix}agent:*", count=500)]
+        if not keys:
+            return []
+        values = await self.client.mget(keys)
+        found = [AgentInfo.from_json(orjson.loads(v)) for v in values if v is not None]
+        return sorted(found, key=lambda a: a.agent_id)
+
+    async def gpulet_statuses(self, agent_ids: Iterable[str]) -> dict[str, list[GpuletStatus]]:
+        ids = list(agent_ids)
+        if not ids:
+            return {}
+        values = await self.client.mget([self._gpulets_key(a) for a in ids])
+        return {
+            agent_id: [GpuletStatus.from_json(g) for g in orjson.loads(v)]
+            for agent_id, v in zip(ids, values, strict=True)
+            if v is not None
+        }
+
+    # placement ----------------------------------------------------------------------------
+    async def placement(self) -> Placement | None:
+        raw = await self.client.get(self._placement_key)
+        return None if raw is None else Placement.from_json(orjson.loads(raw))
+
+    async def write_placement(self, proposal: Placement) -> Placement:
+        """Store `proposal` as version (stored version + 1); retries on concurrent writers."""
+        for _ in range(PLACEMENT_WRITE_ATTEMPTS):
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self._placement_key)
+                    raw = await pipe.get(self._placement_key)
+                    current = 0 if raw is None else int(orjson.loads(raw)["version"])
+                    stored = Placement(
+                        version=current + 1,
+                        gpulets=proposal.gpulets,
+                        explanation=proposal.explanation,
+                        unplaced=proposal.unplaced,
+                    )
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(self._placement_key, orjson.dumps(stored.to_json()))
+                    await pipe.execute()
+                    return stored
+                except WatchError:
+                    continue
+        raise PlacementConflict(
+            f"placement changed under us {PLACEMENT_WRITE_ATTEMPTS} times in a row"
+        )
+
+    # models -------------------------------------------------------------------------------
+    async def put_models(self, specs: Iterable[ModelSpec]) -> None:
+        mapping = {spec.name: orjson.dumps(_spec_json(spec)) for spec in specs}
+        if mapping:
+            await self.client.hset(self._models_key, mapping=mapping)  # type: ignore[arg-type]
+
+    # housekeeping -------------------------------------------------------------------------
+    async def keys(self) -> list[str]:
+        found = [
+            k.decode() if isinstance(k, bytes) else str(k)
+            async for k in self.client.scan_iter(match=f"{self.prefix}*", count=500)
+        ]
+        return sorted(found)
+
+    async def purge(self) -> int:
+        """Delete every key under our prefix (never FLUSHALL: the server may be shared)."""
+        keys = await self.keys()
+        if keys:
+            await self.client.delete(*keys)
+        return len(keys)
+
+
+def _spec_json(spec: ModelSpec) -> dict[str, Any]:
+    def tensors(ts: Iterable[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
+
+    return {
+        "name": spec.name,
+        "inputs": tensors(spec.inputs),
+        "outputs": tensors(spec.outputs),
+        "default_slo_ms": spec.default_slo_ms,
+    }

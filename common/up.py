@@ -1,0 +1,208 @@
+"""`gpulet up`: the whole system on one machine: Redis, one CPU agent and the router.
+
+Steps: build missing models -> find or start Redis -> start the agent and the router as child
+processes (own sessions, so Ctrl-C reaches only us) -> wait for /readyz -> one warm-up request
+per model -> print the URL and a curl example -> wait for Ctrl-C/SIGTERM or a child's death ->
+stop router, agent (which stops its workers) and the Redis we started, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from common import redis_server
+from common.models import CATALOG, ModelSpec
+from common.procs import die_with_parent, stop_process
+from common.settings import CommonSettings
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 300.0
+POLL_INTERVAL_S = 0.2
+STOP_TIMEOUT_S = 10.0
+WARMUP_SLO_MS = 30_000.0  # warm-up absorbs first-call costs; it must not time out on them
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    host: str
+    port: int
+    models: tuple[str, ...]
+    agent_port: int
+    build: bool
+
+
+class Child:
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            args, env=env, start_new_session=True, preexec_fn=die_with_parent
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        code = stop_process(self.proc, STOP_TIMEOUT_S)
+        logger.info("%s stopped code=%s", self.name, code)
+
+
+def run_up(options: UpOptions, settings: CommonSettings) -> int:
+    unknown = [m for m in options.models if m not in CATALOG]
+    if unknown:
+        print(f"unknown models {unknown}; choose from {sorted(CATALOG)}", file=sys.stderr)
+        return 2
+    if options.build:
+        from common.modelzoo.build import build_missing
+
+        build_missing(settings.model_dir, options.models, progress=True)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    redis = redis_server.resolve(settings.redis_url)
+    logger.info("redis %s (%s)", redis.url, redis.source)
+    children: list[Child] = []
+    try:
+        env = {
+            **os.environ,
+            "GPULET_REDIS_URL": redis.url,
+            "GPULET_REDIS_PREFIX": settings.redis_prefix,
+            "GPULET_MODEL_DIR": str(settings.model_dir),
+            "GPULET_MODELS": ",".join(options.models),
+        }
+        gpulet = [sys.executable, "-m", "common.cli"]
+        children.append(
+            Child("agent", [*gpulet, "agent"],
+                  {**env, "GPULET_AGENT_PORT": str(options.agent_port)})
+        )  # fmt: skip
+        children.append(
+            Child("router", [*gpulet, "router"],
+                  {**env, "GPULET_ROUTER_HOST": options.host,
+                   "GPULET_ROUTER_PORT": str(options.port)})
+        )  # fmt: skip
+        base = f"http://{_url_host(options.host)}:{options.port}"
+        if not _wait_ready(base, children, stopping):
+            return 1
+        for name in options.models:
+            _warm_up(base, CATALOG[name])
+        print_banner(base, options.models)
+        while not stopping.is_set():
+            dead = [c.name for c in children if not c.alive()]
+            if dead:
+                logger.error("%s exited; stopping everything", ", ".join(dead))
+                return 1
+            stopping.wait(POLL_INTERVAL_S)
+        return 0
+    finally:
+        for child in reversed(children):  # router first: no new work reaches the agent
+            child.stop()
+        redis.stop()
+        print("gpulet stopped", file=sys.stderr)
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _wait_ready(base: str, children: Sequence[Child], stopping: threading.Event) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = ""
+    while time.monotonic() < deadline and not stopping.is_set():
+        dead = [c.name for c in children if not c.alive()]
+        if dead:
+            logger.error("%s exited during start-up; see the log above", ", ".join(dead))
+            return False
+        try:
+            status, body = _http("GET", f"{base}/readyz")
+            if status == 200:
+                return True
+            message = body.get("error", {}).get("message", "")
+            if message != last:
+                logger.info("waiting: %s", message)
+                last = message
+        except OSError:
+            pass  # router not listening yet
+        stopping.wait(POLL_INTERVAL_S)
+    if not stopping.is_set():
+        logger.error("not ready after %.0fs: %s", READY_TIMEOUT_S, last)
+    return False
+
+
+def _warm_up(base: str, spec: ModelSpec) -> None:
+    inputs = {
+        t.name: {
+            "shape": [1, *t.item_shape],
+            "dtype": t.dtype,
+            "data": base64.b64encode(np.zeros((1, *t.item_shape), t.dtype).tobytes()).decode(),
+        }
+        for t in spec.inputs
+    }
+    body = {"model": spec.name, "inputs": inputs, "slo_ms": WARMUP_SLO_MS}
+    status, answer = _http("POST", f"{base}/v1/infer", body)
+    if status != 200:
+        raise RuntimeError(f"warm-up of {spec.name} failed with {status}: {answer}")
+    logger.info("warm-up model=%s latency_ms=%s", spec.name, answer.get("latency_ms"))
+
+
+def _http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else orjson.dumps(body)
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read() or b"{}")
+
+
+def example_request(models: Sequence[str]) -> dict[str, Any]:
+    """A request small enough to paste: the first of noop, bert_mini, lenet that is served."""
+    for name in ("noop", "bert_mini", "lenet"):
+        if name in models:
+            spec = CATALOG[name]
+            return {
+                "model": name,
+                "inputs": {t.name: np.ones((1, *t.item_shape), t.dtype) for t in spec.inputs},
+            }
+    spec = CATALOG[models[0]]
+    return {
+        "model": spec.name,
+        "inputs": {
+            t.name: {
+                "shape": [1, *t.item_shape],
+                "dtype": t.dtype,
+                "data": "<base64 of the raw little-endian bytes>",
+            }
+            for t in spec.inputs
+        },
+    }
+
+
+def print_banner(base: str, models: Sequence[str]) -> None:
+    body = orjson.dumps(example_request(models), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    curl = f"curl -s {base}/v1/infer -H 'content-type: application/json' -d {shlex.quote(body)}"
+    print(
+        f"\ngpulet is ready at {base}  (models: {', '.join(models)})\n"
+        f"  models:  curl -s {base}/v1/models\n"
+        f"  cluster: curl -s {base}/v1/cluster\n"
+        f"  try:     {curl}\n"
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )

@@ -1,0 +1,1 @@
+"""gpulet router: the HTTP front door, placement and dispatch."""

@@ -1,0 +1,231 @@
+"""The router's HTTP API (FastAPI): `POST /v1/infer`, models, cluster, health and readiness.
+
+Every answer is a result or `{"error": {"code", "message", ...}}` with the status of
+`common.errors`; nothing unexpected leaks a traceback (it is logged with the request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import BadRequest, GpuletError, PayloadTooLarge, Unavailable
+from common.models import CATALOG, ModelSpec
+from common.settings import RouterSettings
+from common.store import Store
+from router import codec
+from router.agent_client import AgentClient
+from router.control import Controller
+from router.routing import InflightCounter
+
+logger = logging.getLogger(__name__)
+
+INFER_EXAMPLE = {
+    "model": "noop",
+    "inputs": {"input": [[0.0] * 16]},
+    "slo_ms": 50,
+}
+
+
+def served_models(settings: RouterSettings) -> dict[str, ModelSpec]:
+    names = [n.strip() for n in settings.models.split(",") if n.strip()] or sorted(CATALOG)
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise ValueError(
+            f"GPULET_MODELS names unknown models {unknown}; the catalog has {sorted(CATALOG)}"
+        )
+    return {n: CATALOG[n] for n in names}
+
+
+def error_response(error: GpuletError, request_id: str | None = None) -> Response:
+    body = error.to_body()
+    if request_id is not None:
+        body["error"].setdefault("request_id", request_id)
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    return Response(
+        codec.dumps(body), status_code=error.status, media_type="application/json",
+        headers=headers,
+    )  # fmt: skip
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes exceeds the limit of {limit}; use the base64 form or "
+            "split the batch",
+            payload_bytes=int(declared),
+            limit_bytes=limit,
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", limit_bytes=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    settings: RouterSettings, *, store: Store, client: AgentClient | None = None
+) -> FastAPI:
+    models = served_models(settings)
+    client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
+    controller = Controller(store, client, list(models), settings.reconcile_interval_s)
+    inflight = InflightCounter(settings.max_inflight_per_gpulet, settings.retry_after_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.put_models(models.values())
+        loop_task = asyncio.create_task(controller.run_forever(), name="control-loop")
+        logger.info("router up models=%s", ",".join(models))
+        try:
+            yield
+        finally:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            await client.close()
+            logger.info("router stopped")
+
+    app = FastAPI(
+        title="gpulet router",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Multi-model inference under latency SLOs on gpu-lets.",
+    )
+    app.state.controller = controller
+
+    @app.exception_handler(GpuletError)
+    async def on_gpulet_error(request: Request, exc: GpuletError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": f"{exc.detail}: {request.method} "
+                          f"{request.url.path}"}}  # fmt: skip
+        return Response(codec.dumps(body), status_code=exc.status_code,
+                        media_type="application/json")  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest(f"invalid request: {exc.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error path=%s", request.url.path)
+        return error_response(GpuletError("internal error; see the router log"))
+
+    @app.post(
+        "/v1/infer",
+        summary="Run one request (a batch of one or more items) on a model",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"example": INFER_EXAMPLE}},
+            }
+        },
+    )
+    async def infer(request: Request) -> Response:
+        received = time.monotonic()
+        request_id = uuid.uuid4().hex
+        try:
+            data = codec.parse_body(await read_body(request, settings.max_body_bytes))
+            if isinstance(data.get("id"), str):
+                request_id = data["id"]
+            parsed = codec.decode_request(data, models, max_batch=settings.max_batch)
+            slo_ms = parsed.slo_ms or parsed.model.default_slo_ms
+            deadline_ms = min(slo_ms * settings.deadline_factor, settings.max_deadline_ms)
+            route = inflight.acquire(controller.table, parsed.model.name)
+            try:
+                remaining_s = deadline_ms / 1000 - (time.monotonic() - received)
+                reply = await client.run(
+                    route.agent_url, route.gpulet.gpulet_id, parsed.model.name,
+                    parsed.inputs, remaining_s, request_id,
+                )  # fmt: skip
+            finally:
+                inflight.release(route)
+        except GpuletError as exc:
+            if exc.status >= 500:
+                logger.warning("request_id=%s %s: %s", request_id, exc.code, exc.message)
+            return error_response(exc, request_id)
+        except Exception:
+            logger.exception("request_id=%s failed unexpectedly", request_id)
+            return error_response(GpuletError("internal error; see the router log"), request_id)
+        latency_ms = (time.monotonic() - received) * 1000
+        body: dict[str, Any] = {
+            "model": parsed.model.name,
+            "id": request_id,
+            "outputs": codec.encode_outputs(reply.tensors, parsed.form),
+            "latency_ms": round(latency_ms, 3),
+            "gpulet": route.gpulet.gpulet_id,
+        }
+        return Response(codec.dumps(body), media_type="application/json",
+                        headers={"X-Request-Id": request_id})  # fmt: skip
+
+    @app.get("/v1/models", summary="Served models, their signatures and readiness")
+    async def list_models() -> Response:
+        ready = controller.table.ready_models()
+        return Response(
+            codec.dumps({"models": [model_json(spec, spec.name in ready)
+                                    for spec in models.values()]}),
+            media_type="application/json",
+        )  # fmt: skip
+
+    @app.get("/v1/cluster", summary="Agents, devices, gpulets and the placement, from Redis")
+    async def cluster() -> Response:
+        agents = await store.agents()
+        statuses = await store.gpulet_statuses(a.agent_id for a in agents)
+        placement = await store.placement()
+        body = {
+            "agents": [
+                {**a.to_json(), "gpulets": [g.to_json() for g in statuses.get(a.agent_id, [])]}
+                for a in agents
+            ],
+            "placement": placement.to_json() if placement else None,
+        }
+        return Response(codec.dumps(body), media_type="application/json")
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready when every served model has a warm gpulet")
+    async def readyz() -> Response:
+        missing = sorted(set(models) - controller.table.ready_models())
+        if missing:
+            return error_response(
+                Unavailable(f"models without a ready gpulet: {', '.join(missing)}",
+                            not_ready=missing, retry_after_s=settings.retry_after_s)
+            )  # fmt: skip
+        return Response(codec.dumps({"status": "ready", "models": sorted(models)}),
+                        media_type="application/json")  # fmt: skip
+
+    return app
+
+
+def model_json(spec: ModelSpec, ready: bool) -> dict[str, Any]:
+    def tensors(ts: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
+
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "inputs": tensors(spec.inputs),
+        "outputs": tensors(spec.outputs),
+        "default_slo_ms": spec.default_slo_ms,
+        "ready": ready,
+    }

@@ -1,0 +1,88 @@
+"""The control loop: agents in Redis -> placement -> agents told -> readiness -> routing table.
+
+Each step reads state, computes the wanted placement with the (pure) placement rule, writes it
+to Redis as a new version when it differs, tells each agent its gpulets when the agent's applied
+version lags, polls readiness, and swaps in a new routing table. A failing step is logged and
+the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from common.cluster import AgentInfo
+from common.errors import GpuletError
+from common.placement import EMPTY_PLACEMENT, Placement
+from common.store import Store
+from router.agent_client import AgentClient
+from router.placement_rule import static_placement
+from router.routing import RoutingTable, build_table
+
+logger = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(
+        self, store: Store, client: AgentClient, models: Sequence[str], interval_s: float
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.models = list(models)
+        self.interval_s = interval_s
+        self.table = RoutingTable(EMPTY_PLACEMENT)
+        self.agents: list[AgentInfo] = []
+        self.changed = asyncio.Event()  # set after every step, for waiters such as /readyz tests
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except Exception:
+                logger.exception("control step failed; retrying in %.1fs", self.interval_s)
+            await asyncio.sleep(self.interval_s)
+
+    async def step(self) -> None:
+        self.agents = await self.store.agents()
+        placement = await self._current_placement(self.agents)
+        urls = {a.agent_id: a.url for a in self.agents}
+        ready: set[str] = set()
+        for agent in self.agents:
+            ready |= await self._sync_agent(agent, placement)
+        table = build_table(placement, urls, ready)
+        if table.ready_models() != self.table.ready_models():
+            logger.info(
+                "routing version=%d ready models=%s", placement.version,
+                ",".join(sorted(table.ready_models())) or "-",
+            )  # fmt: skip
+        self.table = table
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def _current_placement(self, agents: list[AgentInfo]) -> Placement:
+        stored = await self.store.placement() or EMPTY_PLACEMENT
+        wanted = static_placement(agents, self.models)
+        if wanted.gpulets == stored.gpulets and stored.version > 0:
+            return stored
+        written = await self.store.write_placement(wanted)
+        logger.info(
+            "placement version=%d gpulets=%d unplaced=%s", written.version, len(written.gpulets),
+            ",".join(written.unplaced) or "-",
+        )  # fmt: skip
+        for line in written.explanation:
+            logger.info("placement: %s", line)
+        return written
+
+    async def _sync_agent(self, agent: AgentInfo, placement: Placement) -> set[str]:
+        """Tell the agent its gpulets if it lags; return the ids of its ready gpulets."""
+        try:
+            report = await self.client.gpulets(agent.url)
+            if int(report.get("version", 0)) != placement.version:
+                report = await self.client.set_gpulets(
+                    agent.url, placement.version, placement.for_agent(agent.agent_id)
+                )
+        except GpuletError as exc:
+            logger.warning("agent=%s unreachable: %s", agent.agent_id, exc.message)
+            return set()
+        return {g["gpulet_id"] for g in report.get("gpulets", []) if g.get("state") == "ready"}

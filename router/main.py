@@ -1,0 +1,47 @@
+"""`gpulet router`: build the app from settings and serve it with uvicorn until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from common.settings import RouterSettings
+from common.store import Store
+from router.app import create_app
+
+logger = logging.getLogger(__name__)
+
+
+class MissingRedis(RuntimeError):
+    pass
+
+
+def run(settings: RouterSettings) -> None:
+    if not settings.redis_url:
+        raise MissingRedis(
+            "the router needs GPULET_REDIS_URL (or REDIS_URL); `gpulet up` finds or starts one"
+        )
+    asyncio.run(serve(settings))
+
+
+async def serve(settings: RouterSettings) -> None:
+    assert settings.redis_url is not None
+    store = Store.from_url(settings.redis_url, settings.redis_prefix)
+    await store.ping()
+    app = create_app(settings, store=store)
+    config = uvicorn.Config(
+        app,
+        host=settings.router_host,
+        port=settings.router_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,  # keep the logging our entry point configured
+        timeout_graceful_shutdown=5,
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await store.close()
