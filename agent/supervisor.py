@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SOCKET_NAME = "workers.sock"
+EXIT_REAP_TIMEOUT_S = 1.0
 
 
 class WorkerSlot:
@@ -44,6 +45,7 @@ class WorkerSlot:
         self.generation = 0
         self.state: GpuletState = "starting"
         self.error: str | None = None
+        self._state_changed = asyncio.Event()
         self.restarts = 0
         self.process: BaseProcess | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -68,6 +70,16 @@ class WorkerSlot:
             error=self.error,
         )
 
+    def _set_state(self, state: GpuletState, error: str | None) -> None:
+        self.state, self.error = state, error
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[WorkerSlot], bool]) -> None:
+        """Wait until `predicate(self)` holds after some state change (or already holds)."""
+        while not predicate(self):
+            await self._state_changed.wait()
+
     # life cycle ---------------------------------------------------------------------------
     async def supervise(self) -> None:
         """Start, serve and restart the worker until told to stop; never dies on one failure."""
@@ -83,7 +95,7 @@ class WorkerSlot:
                 break
             failures = 0 if served_ok else failures + 1
             self.restarts += 1
-            self.state = "restarting"
+            self._set_state("restarting", self.error)
             delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
             logger.warning(
                 "gpulet=%s worker gone; restart #%d in %.1fs", self.spec.gpulet_id,
@@ -108,9 +120,8 @@ class WorkerSlot:
         )
         missing = _missing_files(config.model_paths)
         if missing:
-            self.state, self.error = (
-                "failed",
-                (f"model files missing: {missing}; build them with `gpulet models build`"),
+            self._set_state(
+                "failed", f"model files missing: {missing}; build them with `gpulet models build`"
             )
             logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
             return False
@@ -118,7 +129,7 @@ class WorkerSlot:
             target=worker_main, args=(config,), name=f"gpulet-{self.spec.gpulet_id}", daemon=True
         )
         self.process.start()
-        self.state = "starting"
+        self._set_state("starting", self.error)
         logger.info(
             "gpulet=%s worker started pid=%s models=%s cores=%s generation=%d",
             self.spec.gpulet_id, self.process.pid, ",".join(self.spec.model_names),
@@ -130,16 +141,15 @@ class WorkerSlot:
                 reader, writer = await self._await_connection()
                 first = frames.decode(await read_message(reader))
         except (TimeoutError, StreamClosed) as exc:
-            self.error = f"worker did not start within {timeout_s:.0f}s: {exc!r}"
+            self._set_state("failed", f"worker did not start within {timeout_s:.0f}s: {exc!r}")
             logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
             return False
         self.writer = writer
         if first.header.get("op") != "ready":
-            self.state = "failed"
-            self.error = str(first.header.get("error", "worker failed to load"))
+            self._set_state("failed", str(first.header.get("error", "worker failed to load")))
             logger.error("gpulet=%s load failed: %s", self.spec.gpulet_id, self.error)
             return False
-        self.state, self.error = "ready", None
+        self._set_state("ready", None)
         self.ready.set()
         logger.info(
             "gpulet=%s ready load_ms=%.0f", self.spec.gpulet_id, first.header.get("load_ms", 0)
@@ -176,7 +186,7 @@ class WorkerSlot:
             pass
         finally:
             self.ready.clear()
-            self.state = "stopping" if self.stopping else "restarting"
+            self._set_state("stopping" if self.stopping else "restarting", self.error)
             self._fail_pending(
                 Unavailable(f"gpulet {self.spec.gpulet_id} stopped", gpulet=self.spec.gpulet_id)
                 if self.stopping
@@ -224,7 +234,7 @@ class WorkerSlot:
 
     async def stop(self) -> None:
         self.stopping = True
-        self.state = "stopping"
+        self._set_state("stopping", self.error)
         if self.process is not None and self.process.is_alive():
             await stop_worker(self.process, self.sup.settings.worker_stop_timeout_s)
         if self.task is not None:
@@ -282,10 +292,15 @@ class WorkerSlot:
                 gpulet=self.spec.gpulet_id,
             ) from exc
         except ConnectionError as exc:
-            raise BackendFailed(f"worker of gpulet {self.spec.gpulet_id} is gone") from exc
+            raise BackendFailed(
+                f"worker of gpulet {self.spec.gpulet_id} died with the batch in flight",
+                gpulet=self.spec.gpulet_id,
+            ) from exc
         finally:
             # A late reply finds no future and is dropped; the worker skips expired batches.
             self.pending.pop(call_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # mark retrieved: we answered the caller another way
 
 
 class Supervisor:
@@ -380,7 +395,9 @@ async def _wait_exit(process: BaseProcess) -> None:
             await exited
     finally:
         loop.remove_reader(sentinel)
-    process.join(0)
+    # The sentinel closes as the child exits, a moment before it can be reaped: this join
+    # blocks for that moment only.
+    process.join(EXIT_REAP_TIMEOUT_S)
 
 
 async def stop_worker(process: BaseProcess, timeout_s: float) -> None:

@@ -48,7 +48,9 @@ def encode(header: Mapping[str, Any], tensors: Mapping[str, Array] | None = None
     chunks: list[bytes | memoryview] = []
     for name, array in (tensors or {}).items():
         dtype_name = array.dtype.name
-        contiguous = np.ascontiguousarray(array, dtype=wire_dtype(dtype_name))
+        # astype keeps 0-d shapes (ascontiguousarray would make them 1-d) and copies only
+        # when the layout or byte order must change.
+        contiguous = array.astype(wire_dtype(dtype_name), order="C", copy=False)
         metas.append(
             {
                 "name": name,
@@ -57,7 +59,8 @@ def encode(header: Mapping[str, Any], tensors: Mapping[str, Array] | None = None
                 "nbytes": contiguous.nbytes,
             }
         )
-        chunks.append(contiguous.data.cast("B"))
+        if contiguous.size:  # memoryview cannot cast a view with a zero in its shape
+            chunks.append(contiguous.reshape(-1).data.cast("B"))
     head = orjson.dumps({**header, "tensors": metas})
     return b"".join([_HEADER_LEN.pack(len(head)), head, *chunks])
 
@@ -79,13 +82,18 @@ def decode(body: bytes | bytearray | memoryview) -> Frame:
         raise FrameError("frame header is not a JSON object")
     offset = start + head_len
     tensors: dict[str, Array] = {}
-    for meta in header.pop("tensors", []):
+    metas = header.pop("tensors", [])
+    if not isinstance(metas, list):
+        raise FrameError(f"frame header 'tensors' must be a list, got {type(metas).__name__}")
+    for meta in metas:
         try:
             name, dtype_name = str(meta["name"]), str(meta["dtype"])
             shape = tuple(int(d) for d in meta["shape"])
             nbytes = int(meta["nbytes"])
         except (KeyError, TypeError, ValueError) as exc:
             raise FrameError(f"bad tensor description {meta!r}") from exc
+        if any(d < 0 for d in shape):
+            raise FrameError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
         dtype = wire_dtype(dtype_name)
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes != expected or offset + nbytes > len(view):

@@ -3,7 +3,7 @@
 Key schema, all under one configurable prefix P:
     P agent:{agent_id}      JSON AgentInfo, expires unless the agent's heartbeat renews it
     P gpulets:{agent_id}    JSON list of GpuletStatus, same TTL as the agent
-    P placement             JSON Placement; `version` only ever grows (WATCH/MULTI)
+    P placement             hash: version (only ever grows, HINCRBY in MULTI), body (JSON)
     P models                hash: model name -> JSON signature
 Nothing on a request's hot path reads from here.
 """
@@ -15,17 +15,10 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from common.cluster import AgentInfo, GpuletStatus
 from common.models import ModelSpec
 from common.placement import Placement
-
-PLACEMENT_WRITE_ATTEMPTS = 5
-
-
-class PlacementConflict(RuntimeError):
-    """Another writer bumped the placement version first."""
 
 
 class Store:
@@ -96,31 +89,23 @@ class Store:
 
     # placement ----------------------------------------------------------------------------
     async def placement(self) -> Placement | None:
-        raw = await self.client.get(self._placement_key)
-        return None if raw is None else Placement.from_json(orjson.loads(raw))
+        version, body = await self.client.hmget(self._placement_key, ["version", "body"])
+        if version is None or body is None:
+            return None
+        return Placement.from_json({**orjson.loads(body), "version": int(version)})
 
     async def write_placement(self, proposal: Placement) -> Placement:
-        """Store `proposal` as version (stored version + 1); retries on concurrent writers."""
-        for _ in range(PLACEMENT_WRITE_ATTEMPTS):
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(self._placement_key)
-                    raw = await pipe.get(self._placement_key)
-                    current = 0 if raw is None else int(orjson.loads(raw)["version"])
-                    stored = Placement(
-                        version=current + 1,
-                        gpulets=proposal.gpulets,
-                        explanation=proposal.explanation,
-                        unplaced=proposal.unplaced,
-                    )
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(self._placement_key, orjson.dumps(stored.to_json()))
-                    await pipe.execute()
-                    return stored
-                except WatchError:
-                    continue
-        raise PlacementConflict(
-            f"placement changed under us {PLACEMENT_WRITE_ATTEMPTS} times in a row"
+        """Store `proposal` as the next version; one MULTI, so concurrent writers never clash."""
+        body = orjson.dumps({k: v for k, v in proposal.to_json().items() if k != "version"})
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self._placement_key, "version", 1)
+            pipe.hset(self._placement_key, "body", body)
+            version, _ = await pipe.execute()
+        return Placement(
+            version=int(version),
+            gpulets=proposal.gpulets,
+            explanation=proposal.explanation,
+            unplaced=proposal.unplaced,
         )
 
     # models -------------------------------------------------------------------------------

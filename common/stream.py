@@ -47,7 +47,8 @@ async def read_message(reader: asyncio.StreamReader) -> bytes:
         if length > MAX_MESSAGE_BYTES:
             raise StreamClosed(f"message length {length} exceeds {MAX_MESSAGE_BYTES}")
         return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        # A killed peer shows up as EOF or as a reset, depending on what was in flight.
         raise StreamClosed("peer closed the stream") from exc
 
 

@@ -30,6 +30,7 @@ from router.routing import InflightCounter
 
 logger = logging.getLogger(__name__)
 
+DRAIN_FACTOR = 4  # an oversized body up to this multiple of the limit is read before the 413
 INFER_EXAMPLE = {
     "model": "noop",
     "inputs": {"input": [[0.0] * 16]},
@@ -63,6 +64,11 @@ def error_response(error: GpuletError, request_id: str | None = None) -> Respons
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        # Read (and drop) what the client is still sending, so it gets our 413 instead of a
+        # broken pipe; past the drain cap we stop reading and the connection closes.
+        if int(declared) <= limit * DRAIN_FACTOR:
+            async for _ in request.stream():
+                pass
         raise PayloadTooLarge(
             f"body of {declared} bytes exceeds the limit of {limit}; use the base64 form or "
             "split the batch",

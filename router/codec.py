@@ -143,12 +143,25 @@ def _cast(spec: TensorSpec, array: Array) -> Array:
             input=spec.name,
             expected=spec.describe(),
         )
-    if target.kind in "iu" and kind in "iuf" and array.size:
-        info = np.iinfo(target)
-        if array.min() < info.min or array.max() > info.max:
-            raise BadRequest(f"input {spec.name!r}: values out of range for {spec.dtype}",
-                             input=spec.name)  # fmt: skip
+    if array.size and _out_of_range(array, target):
+        raise BadRequest(f"input {spec.name!r}: values out of range for {spec.dtype}",
+                         input=spec.name, expected=spec.describe())  # fmt: skip
     return array.astype(target, copy=False)
+
+
+def _out_of_range(array: Array, target: np.dtype[Any]) -> bool:
+    low, high = array.min(), array.max()
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if array.dtype.kind == "f":
+            # float(info.max) rounds up to 2**bits, so compare against the exact bounds:
+            # valid integers lie in [min, max + 1) when both are powers of two apart.
+            return bool(low < float(info.min) or high >= float(info.max) + 1.0)
+        return bool(low < info.min or high > info.max)
+    if target.kind == "f" and array.dtype.kind == "f" and array.dtype.itemsize > target.itemsize:
+        limit = np.finfo(target).max
+        return bool(low < -limit or high > limit)
+    return False
 
 
 def _from_object(spec: TensorSpec, value: dict[str, Any]) -> tuple[Array, InputForm]:

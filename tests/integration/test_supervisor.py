@@ -1,0 +1,152 @@
+"""Spawned workers under the supervisor: real processes, real ONNX Runtime, real failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pytest
+
+from agent.supervisor import Supervisor, WorkerSlot
+from common.errors import BackendFailed, DeadlinePassed, Unavailable
+from common.modelzoo.cache import onnx_path
+from common.placement import GpuletModel, GpuletSpec
+from common.settings import AgentSettings
+
+pytestmark = pytest.mark.timeout(120)
+CORE = min(os.sched_getaffinity(0))
+LONG_S = 60.0
+
+
+def spec(gpulet_id: str, *models: str, cores: tuple[int, ...] = (CORE,)) -> GpuletSpec:
+    return GpuletSpec(gpulet_id, "agent", "cpu0", cores, tuple(GpuletModel(m) for m in models))
+
+
+@pytest.fixture
+async def supervisor(model_dir: Path) -> AsyncIterator[Supervisor]:
+    settings = AgentSettings(
+        model_dir=model_dir, worker_ping_interval_s=0.2, worker_stop_timeout_s=5.0
+    )
+    sup = Supervisor(settings)
+    await sup.start()
+    try:
+        yield sup
+    finally:
+        await sup.close()
+
+
+async def ready(slot: WorkerSlot, timeout_s: float = 60.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        await slot.ready.wait()
+
+
+def in_process(model_dir: Path, model: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path(model_dir, model)), options)
+    return list(session.run(None, inputs))
+
+
+async def test_outputs_equal_an_in_process_session_of_the_same_file(
+    supervisor: Supervisor, model_dir: Path
+) -> None:
+    await supervisor.apply([spec("g1", "lenet", "bert_mini", "mobilenet_v2")])
+    slot = supervisor.slots["g1"]
+    await ready(slot)
+    rng = np.random.default_rng(7)
+    cases = {
+        "lenet": {"input": rng.standard_normal((3, 1, 28, 28), dtype=np.float32)},
+        "mobilenet_v2": {"input": rng.standard_normal((2, 3, 224, 224), dtype=np.float32)},
+        "bert_mini": {
+            "input_ids": rng.integers(0, 30522, (2, 128), dtype=np.int64),
+            "attention_mask": np.ones((2, 128), dtype=np.int64),
+        },
+    }
+    for model, inputs in cases.items():
+        reply = await supervisor.run("g1", model, inputs, time.monotonic() + LONG_S)
+        expected = in_process(model_dir, model, inputs)
+        got = list(reply.tensors.values())
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert g.shape == e.shape and g.dtype == e.dtype
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+        assert reply.header["compute_ms"] > 0
+
+
+async def test_worker_runs_pinned_to_its_cores(supervisor: Supervisor) -> None:
+    await supervisor.apply([spec("g1", "noop")])
+    slot = supervisor.slots["g1"]
+    await ready(slot)
+    assert slot.process is not None and slot.process.pid is not None
+    assert psutil.Process(slot.process.pid).cpu_affinity() == [CORE]
+
+
+async def test_sigkill_fails_the_inflight_batch_at_once_and_the_worker_restarts(
+    supervisor: Supervisor,
+) -> None:
+    await supervisor.apply([spec("g1", "resnet50", "noop")])
+    slot = supervisor.slots["g1"]
+    await ready(slot)
+    first_pid = slot.process.pid if slot.process else None
+    big = {"input": np.zeros((16, 3, 224, 224), dtype=np.float32)}  # hundreds of ms of work
+    batch = asyncio.create_task(supervisor.run("g1", "resnet50", big, time.monotonic() + LONG_S))
+    # One turn of the loop runs the task up to its first await: the batch is then in flight.
+    await asyncio.sleep(0)  # a yield, not a wait; noqa: sleep-ok
+    assert slot.pending and first_pid is not None
+    killed_at = time.monotonic()
+    os.kill(first_pid, signal.SIGKILL)
+    with pytest.raises(BackendFailed, match="died"):
+        await batch
+    assert time.monotonic() - killed_at < 2.0, "the in-flight batch must fail at once"
+    with pytest.raises(Unavailable):
+        await supervisor.run("g1", "noop", {"input": np.zeros((1, 16), np.float32)}, LONG_S)
+    await ready(slot)
+    assert slot.restarts == 1 and slot.process is not None and slot.process.pid != first_pid
+    reply = await supervisor.run(
+        "g1", "noop", {"input": np.ones((1, 16), np.float32)}, time.monotonic() + LONG_S
+    )
+    np.testing.assert_array_equal(reply.tensors["output"], np.ones((1, 16), np.float32))
+
+
+async def test_expired_deadline_is_answered_without_running(supervisor: Supervisor) -> None:
+    await supervisor.apply([spec("g1", "noop")])
+    await ready(supervisor.slots["g1"])
+    with pytest.raises(DeadlinePassed):
+        await supervisor.run(
+            "g1", "noop", {"input": np.zeros((1, 16), np.float32)}, time.monotonic() - 1
+        )
+
+
+async def test_apply_stops_gpulets_no_longer_wanted(supervisor: Supervisor) -> None:
+    await supervisor.apply([spec("g1", "noop"), spec("g2", "lenet")])
+    for slot in supervisor.slots.values():
+        await ready(slot)
+    gone = supervisor.slots["g2"].process
+    await supervisor.apply([spec("g1", "noop")])
+    assert set(supervisor.slots) == {"g1"}
+    assert gone is not None and gone.exitcode is not None
+    with pytest.raises(Unavailable, match="no gpulet g2"):
+        await supervisor.run("g2", "lenet", {}, time.monotonic() + LONG_S)
+    with pytest.raises(Unavailable, match="does not serve"):
+        await supervisor.run("g1", "lenet", {}, time.monotonic() + LONG_S)
+
+
+async def test_missing_model_file_fails_the_gpulet_with_the_fix(tmp_path: Path) -> None:
+    sup = Supervisor(AgentSettings(model_dir=tmp_path))
+    await sup.start()
+    try:
+        await sup.apply([spec("g1", "noop")])
+        slot = sup.slots["g1"]
+        async with asyncio.timeout(10):
+            await slot.wait_for(lambda s: s.error is not None)
+        assert slot.status().state in ("failed", "restarting")
+        assert "gpulet models build" in (slot.error or "")
+    finally:
+        await sup.close()
