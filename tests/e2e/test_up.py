@@ -68,8 +68,8 @@ def test_up_serves_the_printed_example_and_ctrl_c_leaves_nothing(model_dir: Path
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
-        _, rest = wait_for_line(lines, r"gpulet stopped", 10)
-        gone, alive = psutil.wait_procs(family, timeout=10)
+        wait_for_line(lines, r"gpulet stopped", 10)
+        _, alive = psutil.wait_procs(family, timeout=10)
         assert alive == [], f"left running: {[p.pid for p in alive]}"
     finally:
         if up.poll() is None:
