@@ -10,7 +10,6 @@ Every rejection is a BadRequest naming the input and what was expected.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
+import pybase64
 
 from common.errors import BadRequest, UnknownModel
 from common.frames import Array
@@ -189,7 +189,7 @@ def _from_object(spec: TensorSpec, value: dict[str, Any]) -> tuple[Array, InputF
     data = value["data"]
     if isinstance(data, str):
         try:
-            raw = base64.b64decode(data, validate=True)
+            raw = pybase64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest(f"input {spec.name!r}: 'data' is not valid base64",
                              input=spec.name) from None  # fmt: skip
@@ -249,7 +249,7 @@ def encode_outputs(outputs: dict[str, Array], form: InputForm) -> dict[str, Any]
             encoded[name] = {
                 "shape": list(array.shape),
                 "dtype": array.dtype.name,
-                "data": base64.b64encode(little.tobytes()).decode("ascii"),
+                "data": pybase64.b64encode_as_string(little.tobytes()),
             }
     return encoded
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import uvicorn
+import uvloop
 
 from common.settings import RouterSettings
 from common.store import Store
@@ -23,7 +23,9 @@ def run(settings: RouterSettings) -> None:
         raise MissingRedis(
             "the router needs GPULET_REDIS_URL (or REDIS_URL); `gpulet up` finds or starts one"
         )
-    asyncio.run(serve(settings))
+    # uvloop, started here: uvicorn's own `loop` option is ignored once a loop is running, and
+    # this loop carries every request's bytes (machine-notes section 6).
+    uvloop.run(serve(settings))
 
 
 async def serve(settings: RouterSettings) -> None:
@@ -35,7 +37,7 @@ async def serve(settings: RouterSettings) -> None:
         app,
         host=settings.router_host,
         port=settings.router_port,
-        loop="uvloop",
+        loop="none",  # the running uvloop loop of `run`
         http="httptools",
         access_log=False,
         log_config=None,  # keep the logging our entry point configured

@@ -21,9 +21,11 @@ from common.models import BATCH_DIM, CATALOG, TensorSpec
 from common.modelzoo.cache import FILE_MODE, MODEL_SEED, OPSET, onnx_path, write_sidecar
 from common.modelzoo.nets import example_inputs, make_net
 
-# Largest |onnx - torch| accepted on any output element; float32 kernels in the two runtimes sum
-# in different orders, which for these nets stays well under 1e-5.
+# Largest |onnx - torch| accepted on any output element: ATOL + RTOL * max|torch output|.
+# float32 kernels in the two runtimes sum in different orders; the error grows with depth and
+# with the outputs' scale (resnet50 measured 5.7e-5 here), so the bound scales with the output.
 VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 1e-4
 # Batches the export is checked at: neither is the traced batch (2), so a batch size baked into
 # the graph shows up as a shape error or a mismatch.
 VERIFY_BATCHES = (1, 3)
@@ -143,11 +145,13 @@ def verify_onnx(path: Path, name: str, net: torch.nn.Module) -> float:
                 f"model {name!r}: onnx output shape {got.shape} at batch {batch}, "
                 f"torch gives {tuple(expected.shape)}"
             )
-        diff = float(np.max(np.abs(got - expected.numpy())))
-        if not diff <= VERIFY_ATOL:  # written so that a NaN diff fails too
+        reference = expected.numpy()
+        diff = float(np.max(np.abs(got - reference)))
+        limit = VERIFY_ATOL + VERIFY_RTOL * float(np.max(np.abs(reference)))
+        if not diff <= limit:  # written so that a NaN diff fails too
             raise ExportError(
                 f"model {name!r}: onnx and torch outputs differ by {diff:.3g} at batch {batch} "
-                f"(limit {VERIFY_ATOL:g})"
+                f"(limit {limit:.3g})"
             )
         worst = max(worst, diff)
     return worst
