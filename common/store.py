@@ -10,15 +10,34 @@ Nothing on a request's hot path reads from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from common.cluster import AgentInfo, GpuletStatus
+from common.errors import Unavailable
 from common.models import ModelSpec
 from common.placement import Placement
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Translate redis-py's failures into our Unavailable (503, Retry-After), here and only here."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"state store (Redis) unreachable: {exc}", retry_after_s=2.0) from exc
+
+    return wrapper
 
 
 class Store:
@@ -33,6 +52,7 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
 
+    @_redis_errors
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
@@ -52,6 +72,7 @@ class Store:
         return f"{self.prefix}models"
 
     # agents -------------------------------------------------------------------------------
+    @_redis_errors
     async def heartbeat(
         self, agent: AgentInfo, gpulets: Iterable[GpuletStatus], ttl_s: float
     ) -> None:
@@ -65,9 +86,11 @@ class Store:
             )
             await pipe.execute()
 
+    @_redis_errors
     async def remove_agent(self, agent_id: str) -> None:
         await self.client.delete(self._agent_key(agent_id), self._gpulets_key(agent_id))
 
+    @_redis_errors
     async def agents(self) -> list[AgentInfo]:
         keys = [k async for k in self.client.scan_iter(match=f"{self.prefix}agent:*", count=500)]
         if not keys:
@@ -76,6 +99,7 @@ class Store:
         found = [AgentInfo.from_json(orjson.loads(v)) for v in values if v is not None]
         return sorted(found, key=lambda a: a.agent_id)
 
+    @_redis_errors
     async def gpulet_statuses(self, agent_ids: Iterable[str]) -> dict[str, list[GpuletStatus]]:
         ids = list(agent_ids)
         if not ids:
@@ -88,12 +112,14 @@ class Store:
         }
 
     # placement ----------------------------------------------------------------------------
+    @_redis_errors
     async def placement(self) -> Placement | None:
         version, body = await self.client.hmget(self._placement_key, ["version", "body"])
         if version is None or body is None:
             return None
         return Placement.from_json({**orjson.loads(body), "version": int(version)})
 
+    @_redis_errors
     async def write_placement(self, proposal: Placement) -> Placement:
         """Store `proposal` as the next version; one MULTI, so concurrent writers never clash."""
         body = orjson.dumps({k: v for k, v in proposal.to_json().items() if k != "version"})
@@ -109,12 +135,14 @@ class Store:
         )
 
     # models -------------------------------------------------------------------------------
+    @_redis_errors
     async def put_models(self, specs: Iterable[ModelSpec]) -> None:
         mapping = {spec.name: orjson.dumps(_spec_json(spec)) for spec in specs}
         if mapping:
             await self.client.hset(self._models_key, mapping=mapping)  # type: ignore[arg-type]
 
     # housekeeping -------------------------------------------------------------------------
+    @_redis_errors
     async def keys(self) -> list[str]:
         found = [
             k.decode() if isinstance(k, bytes) else str(k)
@@ -122,6 +150,7 @@ class Store:
         ]
         return sorted(found)
 
+    @_redis_errors
     async def purge(self) -> int:
         """Delete every key under our prefix (never FLUSHALL: the server may be shared)."""
         keys = await self.keys()

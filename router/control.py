@@ -39,6 +39,8 @@ class Controller:
         while True:
             try:
                 await self.step()
+            except GpuletError as exc:  # e.g. Redis unreachable: expected, and said in one line
+                logger.warning("control step failed: %s; retrying", exc.message)
             except Exception:
                 logger.exception("control step failed; retrying in %.1fs", self.interval_s)
             await asyncio.sleep(self.interval_s)

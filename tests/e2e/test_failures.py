@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 import router.codec
+from common.procs import free_port
 from common.settings import RouterSettings
 from common.store import Store
 from router.app import create_app
@@ -136,3 +137,18 @@ async def test_unexpected_errors_are_500_internal_without_internals(
     assert error["code"] == "internal"
     assert "secret" not in response.text and "Traceback" not in response.text
     assert any(error["request_id"] in r.getMessage() for r in caplog.records)
+
+
+async def test_cluster_view_with_redis_down_is_503_with_retry_after() -> None:
+    dead = Store.from_url(f"redis://127.0.0.1:{free_port()}/0", "gpulet-test-dead:")
+    app = create_app(RouterSettings(redis_url="unused"), store=dead)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            response = await client.get("/v1/cluster")
+    finally:
+        await dead.close()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert "Redis" in response.json()["error"]["message"]
+    assert int(response.headers["retry-after"]) >= 1

@@ -8,8 +8,10 @@ import time
 import pytest
 
 from common.cluster import AgentInfo, DeviceInfo, GpuletStatus
+from common.errors import Unavailable
 from common.models import CATALOG
 from common.placement import GpuletModel, GpuletSpec, Placement
+from common.procs import free_port
 from common.store import Store
 
 pytestmark = pytest.mark.timeout(30)
@@ -62,3 +64,13 @@ async def test_purge_deletes_only_our_prefix(store: Store, redis_url: str) -> No
         await neighbour.purge()
         await other.close()
         await neighbour.close()
+
+
+async def test_an_unreachable_redis_is_unavailable_not_a_crash() -> None:
+    dead = Store.from_url(f"redis://127.0.0.1:{free_port()}/0", "gpulet-test-dead:")
+    try:
+        with pytest.raises(Unavailable, match="Redis") as info:
+            await dead.agents()
+        assert info.value.status == 503 and info.value.retry_after_s
+    finally:
+        await dead.close()
