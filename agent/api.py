@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-from agent.supervisor import Supervisor
+from agent.executor import GpuletExecutor
 from common import frames
 from common.cluster import AgentInfo
 from common.errors import BadRequest, GpuletError
@@ -33,7 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass
 class AgentState:
     info: AgentInfo
-    supervisor: Supervisor
+    supervisor: GpuletExecutor
     applied_version: int = 0
 
 
@@ -121,7 +121,7 @@ async def run_batch(request: web.Request) -> web.Response:
     )
 
 
-def create_app(info: AgentInfo, supervisor: Supervisor) -> web.Application:
+def create_app(info: AgentInfo, supervisor: GpuletExecutor) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=1 << 30)
     app[STATE_KEY] = AgentState(info=info, supervisor=supervisor)
     app.router.add_get("/v1/health", health)

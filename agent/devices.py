@@ -1,10 +1,14 @@
-"""Device discovery. The CPU kind: the cores this agent may use form one device of core sets."""
+"""Device discovery. The CPU kind: the cores this agent may use form one device of core sets.
+The simulated kind: N GPUs of a measured profile, served by agent/simulated.py."""
 
 from __future__ import annotations
 
 import os
 
 from common.cluster import DeviceInfo
+from common.profiles import DeviceProfile
+
+BYTES_PER_MB = 1024 * 1024  # profiles give GPU memory in MB as nvidia-smi does (MiB)
 
 
 def parse_cores(text: str) -> tuple[int, ...]:
@@ -41,3 +45,14 @@ def discover_cpu(cores_spec: str | None) -> DeviceInfo:
             )
         allowed = wanted
     return DeviceInfo(device_id="cpu0", kind="cpu", cores=tuple(sorted(allowed)))
+
+
+def discover_simulated(profile: DeviceProfile, count: int) -> tuple[DeviceInfo, ...]:
+    """`count` simulated GPUs of `profile`: sim0..sim{count-1}, with the profile's memory."""
+    if count < 1:
+        raise ValueError(f"a simulated agent needs at least one device, not {count}")
+    memory_bytes = int(profile.memory_mb * BYTES_PER_MB)
+    return tuple(
+        DeviceInfo(device_id=f"sim{i}", kind="simulated", cores=(), memory_bytes=memory_bytes)
+        for i in range(count)
+    )

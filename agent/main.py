@@ -14,9 +14,12 @@ import uvloop
 from aiohttp import web
 
 from agent.api import STATE_KEY, create_app
-from agent.devices import discover_cpu
+from agent.devices import discover_cpu, discover_simulated
+from agent.executor import GpuletExecutor
+from agent.simulated import SimulatedExecutor
 from agent.supervisor import Supervisor
-from common.cluster import AgentInfo
+from common.cluster import AgentInfo, DeviceInfo
+from common.profiles import find_profile
 from common.settings import AgentSettings
 from common.store import Store
 
@@ -27,7 +30,7 @@ class MissingRedis(RuntimeError):
     pass
 
 
-async def heartbeat_loop(store: Store, info: AgentInfo, supervisor: Supervisor, ttl_s: float,
+async def heartbeat_loop(store: Store, info: AgentInfo, supervisor: GpuletExecutor, ttl_s: float,
                          interval_s: float) -> None:  # fmt: skip
     """Renew our registration forever; a failed beat is logged and the next one tries again."""
     while True:
@@ -38,6 +41,15 @@ async def heartbeat_loop(store: Store, info: AgentInfo, supervisor: Supervisor, 
         await asyncio.sleep(interval_s)
 
 
+def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], GpuletExecutor]:
+    """Simulated GPUs of a profile when GPULET_SIMULATED_PROFILE is set, else CPU workers."""
+    if settings.simulated_profile:
+        profile = find_profile(settings.simulated_profile)
+        devices = discover_simulated(profile, settings.simulated_devices)
+        return devices, SimulatedExecutor(settings, profile, devices)
+    return (discover_cpu(settings.agent_cores),), Supervisor(settings)
+
+
 async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> None:
     if not settings.redis_url:
         raise MissingRedis(
@@ -45,15 +57,14 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
             "`gpulet up` sets it for you"
         )
     stop = stop or asyncio.Event()
-    device = discover_cpu(settings.agent_cores)
-    supervisor = Supervisor(settings)
+    devices, supervisor = build_executor(settings)
     await supervisor.start()
     store = Store.from_url(settings.redis_url, settings.redis_prefix)
     runner: web.AppRunner | None = None
     beat: asyncio.Task[None] | None = None
     try:
         # Bind first, so that port 0 resolves to the real port before we advertise it.
-        placeholder = AgentInfo("", "", "", 0, (device,), time.time())
+        placeholder = AgentInfo("", "", "", 0, devices, time.time())
         runner = web.AppRunner(create_app(placeholder, supervisor), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.agent_host, settings.agent_port)
@@ -61,14 +72,15 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         port = _bound_port(site, settings.agent_port)
         agent_id = settings.agent_id or f"{socket.gethostname()}-{port}"
         url = settings.agent_advertise_url or f"http://{settings.agent_host}:{port}"
-        info = AgentInfo(agent_id, url, socket.gethostname(), os.getpid(), (device,), time.time())
+        info = AgentInfo(agent_id, url, socket.gethostname(), os.getpid(), devices, time.time())
         runner.app[STATE_KEY].info = info
         await store.heartbeat(info, [], settings.heartbeat_ttl_s)
         beat = asyncio.create_task(
             heartbeat_loop(store, info, supervisor, settings.heartbeat_ttl_s,
                            settings.heartbeat_interval_s)
         )  # fmt: skip
-        logger.info("agent up id=%s url=%s cores=%s", agent_id, url, device.cores)
+        logger.info("agent up id=%s url=%s devices=%s", agent_id, url,
+                    ",".join(f"{d.device_id}:{d.kind}" for d in devices))  # fmt: skip
         await stop.wait()
         logger.info("agent stopping id=%s", agent_id)
         with contextlib.suppress(Exception):

@@ -1,4 +1,7 @@
-"""The `gpulet` command: up, router, agent, models. Settings are built here and passed down."""
+"""The `gpulet` command: up, router, agent, models, profile.
+
+Settings are built here and passed down.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run an agent on this host (GPULET_* variables)")
     agent.add_argument("--port", type=int, default=None, help="agent port")
     agent.add_argument("--cores", default=None, help="cores to use, e.g. '0-3'")
+    agent.add_argument("--simulated", default=None, metavar="PROFILE",
+                       help="serve simulated GPUs of a profile, e.g. a100-class")  # fmt: skip
+    agent.add_argument("--devices", type=int, default=None, help="simulated GPUs (default 1)")
 
     models = sub.add_parser("models", help="build or list the model zoo's ONNX files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -42,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("names", nargs="*", help="models (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when current")
     models_sub.add_parser("list", help="catalog models and whether their files are current")
+
+    profile = sub.add_parser("profile", help="measure latency per model, batch and core-set size")
+    profile.add_argument("--models", type=_models_arg, default=tuple(model_names()),
+                         help="comma-separated models to profile (default: all)")  # fmt: skip
+    profile.add_argument("--cores", help="cores to profile, e.g. '0-3' (default: all allowed)")
+    profile.add_argument("--force", action="store_true",
+                         help="measure even when the stored profile matches")  # fmt: skip
+    profile.add_argument("--json", metavar="PATH",
+                         help="also write the profile as JSON to PATH ('-': stdout)")  # fmt: skip
     return parser
 
 
@@ -69,12 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["agent_port"] = args.port
         if args.cores is not None:
             overrides["agent_cores"] = args.cores
+        if args.simulated is not None:
+            overrides["simulated_profile"] = args.simulated
+        if args.devices is not None:
+            overrides["simulated_devices"] = args.devices
         agent_settings = AgentSettings(**overrides)  # type: ignore[arg-type]
         configure_logging(agent_settings.log_level, process_name="agent")
         run_agent(agent_settings)
         return 0
     if args.command == "models":
         return _models_command(args)
+    if args.command == "profile":
+        return _profile_command(args)
     return 2
 
 
@@ -93,6 +114,75 @@ def _models_command(args: argparse.Namespace) -> int:
     names = args.names or model_names()
     built = build_missing(settings.model_dir, names, progress=True, force=args.force)
     print(f"built: {', '.join(built) or 'nothing (all current)'} in {settings.model_dir}")
+    return 0
+
+
+def _profile_command(args: argparse.Namespace) -> int:
+    """Measure (or reuse the stored) profile with a progress bar on stderr; print a table."""
+    import asyncio
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from agent.devices import discover_cpu
+    from agent.profiler import ProfileStep, ensure_profile
+    from common.profiles import DeviceProfile
+    from common.store import Store
+
+    settings = CommonSettings()
+    configure_logging("WARNING", process_name="profile")  # the progress bar says what happens
+    device = discover_cpu(args.cores)
+    err = Console(stderr=True)
+    bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err)  # fmt: skip
+    task = bar.add_task("profiling", total=None)
+    steps: list[ProfileStep] = []
+
+    def shown(step: ProfileStep) -> None:
+        steps.append(step)
+        label = f"{step.model} cores={step.cores} batch={step.batch}"
+        bar.update(task, description=label, completed=step.done, total=step.total)
+
+    async def run() -> DeviceProfile:
+        store = Store.from_url(settings.redis_url, settings.redis_prefix) if settings.redis_url \
+            else None  # fmt: skip
+        try:
+            return await ensure_profile(store, settings, device, args.models, shown,
+                                        force=args.force, agent_id="gpulet-profile")  # fmt: skip
+        finally:
+            if store is not None:
+                await store.close()
+
+    started = time.perf_counter()
+    with bar:
+        profile = asyncio.run(run())
+    elapsed_s = time.perf_counter() - started
+    if not steps:
+        err.print(f"reused the stored profile ({profile.source}); --force measures again")
+    else:
+        skipped = sum(1 for s in steps if s.latency_ms is None)
+        err.print(f"measured {len(steps) - skipped} points in {elapsed_s:.1f}s ({skipped} "
+                  f"skipped: a run would exceed the per-point budget)")  # fmt: skip
+        err.print(f"stored in Redis ({settings.redis_url})" if settings.redis_url else
+                  "not stored: no GPULET_REDIS_URL set, so this profile lives only in this "
+                  "output")  # fmt: skip
+    if args.json is not None:
+        text = json.dumps(profile.to_json(), indent=2)
+        if args.json == "-":
+            print(text)
+            return 0
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
+    table = Table("model", "cores", "batch", "latency ms", "items/s")
+    for (model, size), points in sorted(profile.latency_points.items()):
+        if model in args.models and size <= len(device.cores):
+            for batch, latency_ms in points:
+                table.add_row(model, f"{size:g}", str(batch), f"{latency_ms:.3g}",
+                              f"{batch * 1000 / latency_ms:,.0f}")  # fmt: skip
+    Console().print(table)
     return 0
 
 

@@ -80,3 +80,7 @@ class AgentSettings(CommonSettings):
     max_pending_per_gpulet: int = Field(
         default=512, ge=1, description="batches queued at a worker before 503 overloaded"
     )
+    simulated_profile: str | None = Field(
+        default=None, description="serve simulated GPUs of this measured profile, not CPU workers"
+    )
+    simulated_devices: int = Field(default=1, ge=1, description="how many simulated GPUs")

@@ -1,10 +1,12 @@
-"""The only module that knows Redis keys: agents, gpulet states, the versioned placement, models.
+"""The only module that knows Redis keys: agents, gpulets, placement, models, device profiles.
 
 Key schema, all under one configurable prefix P:
     P agent:{agent_id}      JSON AgentInfo, expires unless the agent's heartbeat renews it
     P gpulets:{agent_id}    JSON list of GpuletStatus, same TTL as the agent
     P placement             hash: version (only ever grows, HINCRBY in MULTI), body (JSON)
     P models                hash: model name -> JSON signature
+    P profile:{key}         hash: profile (JSON DeviceProfile), meta (JSON: machine facts, each
+                            model's fingerprint and when it was measured); key e.g. "cpu:<machine>"
 Nothing on a request's hot path reads from here.
 """
 
@@ -70,6 +72,9 @@ class Store:
     @property
     def _models_key(self) -> str:
         return f"{self.prefix}models"
+
+    def _profile_key(self, key: str) -> str:
+        return f"{self.prefix}profile:{key}"
 
     # agents -------------------------------------------------------------------------------
     @_redis_errors
@@ -140,6 +145,23 @@ class Store:
         mapping = {spec.name: orjson.dumps(_spec_json(spec)) for spec in specs}
         if mapping:
             await self.client.hset(self._models_key, mapping=mapping)  # type: ignore[arg-type]
+
+    # measured device profiles -------------------------------------------------------------
+    @_redis_errors
+    async def put_profile(
+        self, key: str, profile_json: dict[str, Any], meta: dict[str, Any]
+    ) -> None:
+        """Store a profile and its meta in one HSET, so readers never see one without the other."""
+        mapping = {"profile": orjson.dumps(profile_json), "meta": orjson.dumps(meta)}
+        await self.client.hset(self._profile_key(key), mapping=mapping)  # type: ignore[arg-type]
+
+    @_redis_errors
+    async def profile(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(profile JSON, meta) stored under `key`, or None if there is none."""
+        body, meta = await self.client.hmget(self._profile_key(key), ["profile", "meta"])
+        if body is None or meta is None:
+            return None
+        return orjson.loads(body), orjson.loads(meta)
 
     # housekeeping -------------------------------------------------------------------------
     @_redis_errors

@@ -38,6 +38,17 @@ class PlanConfig:
     allow_split: bool = True  # False: whole devices only (temporal sharing)
     allow_temporal_sharing: bool = True
     memory_fraction: float = 0.9  # usable share of device memory
+    # Policy knobs of the elastic planner. `compare_fits` > 1: with interference on, compare
+    # that many fitting slots and keep the one whose device serves most; `whole_knee`: the
+    # knee may be the whole device (splitting then only where it pays after interference).
+    compare_fits: int = 1
+    whole_knee: bool = False
+    # A model whose best split of one device serves less than this multiple of the whole
+    # device gets whole devices: splitting it would only buy interference. 0 turns it off.
+    min_split_gain: float = 0.0
+    # Plan under each policy variant and keep the best plan (fewest devices when feasible,
+    # least unmet demand when not).
+    portfolio: bool = True
 
 
 @dataclass(frozen=True)

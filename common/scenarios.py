@@ -1,0 +1,87 @@
+"""Scenario files (shared/scenarios/README.md): devices, models with SLOs, and how rates are set."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.profiles import DeviceProfile, find_profile
+
+
+@dataclass(frozen=True)
+class ScenarioModel:
+    name: str  # served name: `instance` if given, else the model
+    model: str
+    slo_ms: float
+    weight: float
+
+
+@dataclass(frozen=True)
+class RateStep:
+    at_s: float
+    multiplier: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    kind: str  # simulated | cpu | nvidia
+    profile_name: str | None
+    devices: int
+    mode: str  # sweep | fixed | trace
+    step_rps: float
+    max_rps: float
+    base_rps: float
+    steps: tuple[RateStep, ...]
+    duration_s: float
+    models: tuple[ScenarioModel, ...]
+    path: Path
+
+    def rates_at(self, rate: float) -> dict[str, float]:
+        """Per-model rate: weight · r for sweeps and traces, the weight itself when fixed."""
+        if self.mode == "fixed":
+            return {m.name: m.weight for m in self.models}
+        return {m.name: m.weight * rate for m in self.models}
+
+    def profile(self) -> DeviceProfile:
+        if self.profile_name is None:
+            raise ValueError(f"scenario {self.name} ({self.kind}) names no profile")
+        return find_profile(self.profile_name, near=self.path)
+
+
+def load_scenario(path: Path) -> Scenario:
+    data = tomllib.loads(path.read_text())
+    cluster, rate = data.get("cluster", {}), data.get("rate", {})
+    models = tuple(
+        ScenarioModel(
+            name=str(m.get("instance", m["name"])),
+            model=str(m["name"]),
+            slo_ms=float(m["slo_ms"]),
+            weight=float(m.get("weight", 1.0)),
+        )
+        for m in data.get("models", [])
+    )
+    if not models:
+        raise ValueError(f"{path}: a scenario needs at least one [[models]] entry")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: served names repeat {names}; give duplicates an `instance`")
+    return Scenario(
+        name=str(data.get("name", path.stem)),
+        description=str(data.get("description", "")),
+        kind=str(cluster.get("kind", "simulated")),
+        profile_name=cluster.get("profile"),
+        devices=int(cluster.get("devices", 1)),
+        mode=str(rate.get("mode", "sweep")),
+        step_rps=float(rate.get("step_rps", 10)),
+        max_rps=float(rate.get("max_rps", 1000)),
+        base_rps=float(rate.get("base_rps", 0)),
+        steps=tuple(
+            RateStep(float(s["at_s"]), float(s["multiplier"])) for s in rate.get("steps", [])
+        ),
+        duration_s=float(rate.get("duration_s", 0)),
+        models=models,
+        path=path,
+    )

@@ -1,0 +1,163 @@
+"""Every scheduler on one interface: `plan(name, demands, devices, config, interference)`.
+
+    temporal    whole devices only; Nexus squishy bin packing (saturate, residual, time-share)
+    greedy      smallest partition whose throughput covers the remaining rate; no temporal
+                sharing, no interference (the original's GSLICE-like `greedy_part`)
+    gpulet      elastic partitioning without the interference model
+    gpulet+int  elastic partitioning with it
+    ideal       every combination of per-device layouts, each planned with its partitions fixed
+                under every policy variant, plus the elastic planner's own plans (whose layouts
+                are among those combinations, but whose assignment a fixed-layout pass need not
+                repeat); the best plan wins. Refuses clusters too large to search.
+All share one latency model (router/scheduling/perf.py), so they differ only in their policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from router.scheduling.elastic import Planner
+from router.scheduling.interference import InterferenceModel
+from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
+
+SCHEDULERS = ("temporal", "greedy", "gpulet", "gpulet+int", "ideal")
+IDEAL_MAX_CASES = 3000
+# Below this gain from splitting one device, a model gets whole devices in that variant: the
+# measured a100-class co-location slowdown has median 1.31 (router/scheduling/data).
+SPLIT_GAIN_FOR_WHOLE = 1.3  # layout combinations the ideal search will try before it refuses
+
+
+class SearchTooLarge(ValueError):
+    """The ideal search would try more layout combinations than IDEAL_MAX_CASES."""
+
+
+def config_for(name: str, base: PlanConfig) -> PlanConfig:
+    if name == "temporal":
+        return replace(base, allow_split=False, interference=False, allow_temporal_sharing=True)
+    if name == "greedy":
+        return replace(base, interference=False, allow_temporal_sharing=False)
+    if name == "gpulet":
+        return replace(base, interference=False)
+    if name in ("gpulet+int", "ideal"):
+        return replace(base, interference=True)
+    raise ValueError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+
+
+def plan(
+    name: str,
+    demands: Sequence[ModelDemand],
+    devices: Sequence[Device],
+    config: PlanConfig | None = None,
+    interference: InterferenceModel | None = None,
+) -> Plan:
+    config = config_for(name, config or PlanConfig())
+    if name == "ideal":
+        return plan_ideal(demands, devices, config, interference)
+    if name in ("gpulet", "gpulet+int") and config.portfolio:
+        return best_of(
+            Planner(name, devices, variant, interference).plan(demands)
+            for variant in variants(config)
+        )
+    planner = Planner(name, devices, config, interference, greedy=name == "greedy")
+    return planner.plan(demands)
+
+
+# The policy variants of the elastic planner: the original's best fit; best fit that compares
+# fitting slots by what their device then serves (helps when neighbours interfere); and a knee
+# that may be the whole device (splitting only where it pays once interference is counted).
+VARIANT_CHANGES: tuple[dict[str, object], ...] = (
+    {},
+    {"compare_fits": 6},
+    {"whole_knee": True},
+    {"whole_knee": True, "compare_fits": 6},
+    {"min_split_gain": SPLIT_GAIN_FOR_WHOLE},
+    {"min_split_gain": SPLIT_GAIN_FOR_WHOLE, "compare_fits": 6},
+)
+
+
+def variants(config: PlanConfig) -> list[PlanConfig]:
+    found = [replace(config, **change) for change in VARIANT_CHANGES]  # type: ignore[arg-type]
+    if not config.interference:
+        found = [v for v in found if v.compare_fits == 1]  # comparing fits needs interference
+    return list(dict.fromkeys(found))
+
+
+def plan_rank(result: Plan) -> tuple[bool, float, int]:
+    """Feasible first, then least unmet demand, then fewest devices."""
+    return (not result.feasible, sum(result.shortfall_rps.values()), result.devices_used)
+
+
+def best_of(results: Iterable[Plan]) -> Plan:
+    return min(results, key=plan_rank)
+
+
+def layouts(sizes: Sequence[float], full: float, max_parts: int) -> list[tuple[float, ...]]:
+    """Every multiset of allowed sizes that fills a device exactly, largest size first."""
+    found: list[tuple[float, ...]] = []
+    ordered = sorted(set(sizes), reverse=True)
+
+    def extend(prefix: tuple[float, ...], left: float, start: int) -> None:
+        if math.isclose(left, 0.0, abs_tol=1e-9):
+            found.append(prefix)
+            return
+        if len(prefix) == max_parts:
+            return
+        for i in range(start, len(ordered)):
+            if ordered[i] <= left + 1e-9:
+                extend((*prefix, ordered[i]), left - ordered[i], i)
+
+    extend((), full, 0)
+    return found
+
+
+def ideal_cases(device_count: int, layout_count: int) -> int:
+    """Multisets of `device_count` layouts from `layout_count` (devices are identical)."""
+    return math.comb(layout_count + device_count - 1, device_count)
+
+
+def plan_ideal(
+    demands: Sequence[ModelDemand],
+    devices: Sequence[Device],
+    config: PlanConfig,
+    interference: InterferenceModel | None,
+) -> Plan:
+    profile = devices[0].profile
+    options = layouts(profile.sizes, profile.full_size, config.max_gpulets_per_device)
+    cases = ideal_cases(len(devices), len(options))
+    if cases > IDEAL_MAX_CASES:
+        raise SearchTooLarge(
+            f"ideal: {len(devices)} devices x {len(options)} layouts = {cases} combinations, "
+            f"more than {IDEAL_MAX_CASES}; too large to search"
+        )
+    best: Plan | None = None
+    tried = 0
+    policies = variants(config)
+    for combo in itertools.combinations_with_replacement(options, len(devices)):
+        for policy in policies:
+            tried += 1
+            result = Planner("ideal", devices, policy, interference, frozen_layout=combo).plan(
+                demands
+            )
+            if result.feasible and (best is None or result.devices_used < best.devices_used):
+                best = result
+    elastic = best_of(
+        Planner("ideal", devices, policy, interference).plan(demands) for policy in policies
+    )
+    if elastic.feasible and (best is None or elastic.devices_used < best.devices_used):
+        best = elastic
+    if best is None:
+        return Plan(
+            scheduler="ideal",
+            feasible=False,
+            gpulets=(),
+            devices_used=0,
+            explanation=(f"ideal: none of {tried} layout combinations is feasible",),
+            shortfall_rps={d.name: d.rate_rps for d in demands},
+        )
+    return replace(
+        best,
+        explanation=(f"ideal: best of {tried} layout combinations", *best.explanation),
+    )
