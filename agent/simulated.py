@@ -73,13 +73,19 @@ class Timers(Protocol):
 
 class LoopTimers:
     """The event loop's timers. uvloop's clock is not `time.monotonic` (it is cut to whole
-    milliseconds), so deadlines go in as delays from now, never through `loop.call_at`."""
+    milliseconds), so deadlines go in as delays from now and an early wake-up waits again."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def call_at(self, when_s: float, callback: Callable[[], None]) -> None:
-        self._loop.call_later(max(0.0, when_s - time.monotonic()), callback)
+        self._loop.call_later(max(0.0, when_s - time.monotonic()), self._due, when_s, callback)
+
+    def _due(self, when_s: float, callback: Callable[[], None]) -> None:
+        if time.monotonic() < when_s:
+            self.call_at(when_s, callback)
+        else:
+            callback()
 
     def close(self) -> None:
         """Pending handles stay; their callbacks find their gpulet stopped and do nothing."""

@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve simulated GPUs of a profile, e.g. a100-class")  # fmt: skip
     agent.add_argument("--devices", type=int, default=None, help="simulated GPUs (default 1)")
 
+    from router.scheduling.commands import add_parsers as add_planning
+
+    add_planning(sub)
+
     models = sub.add_parser("models", help="build or list the model zoo's ONNX files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     build = models_sub.add_parser("build", help="build missing or stale models")
@@ -92,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(agent_settings.log_level, process_name="agent")
         run_agent(agent_settings)
         return 0
+    if args.command in ("plan", "peak"):
+        from router.scheduling.commands import run as run_planning
+
+        return run_planning(args)
     if args.command == "models":
         return _models_command(args)
     if args.command == "profile":

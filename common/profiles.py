@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import functools
 import os
 import tomllib
 from collections import defaultdict
@@ -52,7 +53,26 @@ class DeviceProfile:
         return tuple(sorted({m for m, _ in self.latency_points}))
 
     def measured_sizes(self, model: str) -> tuple[float, ...]:
-        return tuple(sorted(s for m, s in self.latency_points if m == model))
+        return self._sizes_by_model.get(model, ())
+
+    def util_sizes(self, model: str) -> tuple[float, ...]:
+        """Sizes at which `model`'s utilisation was measured, ascending."""
+        return self._util_sizes_by_model.get(model, ())
+
+    # Derived indexes of the (immutable) tables: planners ask for them thousands of times.
+    @functools.cached_property
+    def _sizes_by_model(self) -> dict[str, tuple[float, ...]]:
+        found: dict[str, list[float]] = defaultdict(list)
+        for model, size in self.latency_points:
+            found[model].append(size)
+        return {m: tuple(sorted(s)) for m, s in found.items()}
+
+    @functools.cached_property
+    def _util_sizes_by_model(self) -> dict[str, tuple[float, ...]]:
+        found: dict[str, list[float]] = defaultdict(list)
+        for model, size in self.util_points:
+            found[model].append(size)
+        return {m: tuple(sorted(s)) for m, s in found.items()}
 
     def max_batch(self, model: str, size: float) -> int:
         """Largest batch whose latency this profile covers at `size` (0 if none)."""

@@ -49,6 +49,7 @@ class Planner:
         *,
         greedy: bool = False,
         frozen_layout: Sequence[Sequence[float]] | None = None,
+        perf: PerfModel | None = None,
     ) -> None:
         if not devices:
             raise ValueError("no devices to plan on")
@@ -59,7 +60,8 @@ class Planner:
         )
         self.greedy = greedy
         self.profile = devices[0].profile
-        self.perf = PerfModel(self.profile, config)
+        # Variants of one plan share a PerfModel: they differ in policy, not in latency.
+        self.perf = perf or PerfModel(self.profile, config)
         self.frozen = frozen_layout is not None
         full = self.profile.full_size
         self.states = [

@@ -56,7 +56,7 @@ def whole_gpu_utilisation(
     stands in: U(s) measured at s is taken as U_whole * s/100, so the feature is U(s) * size/s.
     None when the profile has no utilisation for `model` at all.
     """
-    sizes = sorted(s for m, s in profile.util_points if m == model)
+    sizes = profile.util_sizes(model)
     if not sizes:
         return None
     measured = WHOLE_GPU_PCT if WHOLE_GPU_PCT in sizes else sizes[-1]
@@ -135,6 +135,10 @@ class PairNeighbourInterference:
     fallback: LinearInterference
     neighbours: int = KNN_NEIGHBOURS
     _tables: Mapping[tuple[str, str], _PairTable] = field(init=False, repr=False)
+    # Answers already computed: the lookup is pure, and a plan asks the same pairs many times.
+    _memo: dict[tuple[Corunner, Corunner], float] = field(
+        init=False, repr=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         grouped: dict[tuple[str, str], list[PairPoint]] = {}
@@ -150,6 +154,13 @@ class PairNeighbourInterference:
         object.__setattr__(self, "_tables", tables)
 
     def pair_slowdown(self, target: Corunner, neighbour: Corunner) -> float:
+        key = (target, neighbour)
+        known = self._memo.get(key)
+        if known is None:
+            known = self._memo[key] = self._pair_slowdown(target, neighbour)
+        return known
+
+    def _pair_slowdown(self, target: Corunner, neighbour: Corunner) -> float:
         table = self._tables.get((target.model, neighbour.model))
         if table is None:
             return self.fallback.pair_slowdown(target, neighbour)

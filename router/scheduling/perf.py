@@ -39,19 +39,30 @@ class PerfModel:
     def __init__(self, profile: DeviceProfile, config: PlanConfig) -> None:
         self.profile = profile
         self.config = config
-        self._latency: dict[tuple[str, int, float], float | None] = {}
+        self._tables: dict[tuple[str, float], list[float | None]] = {}
         self._saturated: dict[tuple[str, float, float, float], BatchChoice | None] = {}
+
+    def _table(self, model: str, size: float) -> list[float | None]:
+        """margin·L(b) for b = 0..max_batch (index 0 unused); None where unmeasured."""
+        key = (model, size)
+        table = self._tables.get(key)
+        if table is None:
+            table = [None]
+            for batch in range(1, self.config.max_batch + 1):
+                try:
+                    solo = self.profile.latency_ms(model, batch, size)
+                except ProfileGap:
+                    solo = None
+                table.append(None if solo is None else self.config.latency_margin * solo)
+            self._tables[key] = table
+        return table
 
     def estimate_ms(self, model: str, batch: int, size: float, alpha: float = 1.0) -> float | None:
         """L̂ in ms, or None where the profile has no measurement (never extrapolated)."""
-        key = (model, batch, size)
-        if key not in self._latency:
-            try:
-                self._latency[key] = self.profile.latency_ms(model, batch, size)
-            except ProfileGap:
-                self._latency[key] = None
-        solo = self._latency[key]
-        return None if solo is None else self.config.latency_margin * solo * alpha
+        if not 1 <= batch <= self.config.max_batch:
+            return None
+        base = self._table(model, size)[batch]
+        return None if base is None else base * alpha
 
     def saturated(
         self, model: str, size: float, slo_ms: float, alpha: float = 1.0

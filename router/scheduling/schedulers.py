@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from router.scheduling.elastic import Planner
 from router.scheduling.interference import InterferenceModel
+from router.scheduling.perf import PerfModel
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 SCHEDULERS = ("temporal", "greedy", "gpulet", "gpulet+int", "ideal")
@@ -57,8 +58,9 @@ def plan(
     if name == "ideal":
         return plan_ideal(demands, devices, config, interference)
     if name in ("gpulet", "gpulet+int") and config.portfolio:
-        return best_of(
-            Planner(name, devices, variant, interference).plan(demands)
+        perf = PerfModel(devices[0].profile, config)
+        return first_feasible(
+            Planner(name, devices, variant, interference, perf=perf).plan(demands)
             for variant in variants(config)
         )
     planner = Planner(name, devices, config, interference, greedy=name == "greedy")
@@ -92,6 +94,17 @@ def plan_rank(result: Plan) -> tuple[bool, float, int]:
 
 def best_of(results: Iterable[Plan]) -> Plan:
     return min(results, key=plan_rank)
+
+
+def first_feasible(results: Iterable[Plan]) -> Plan:
+    """The first feasible plan in variant order (later ones cannot change the answer to
+    "can this be served?"), else the one with the least unmet demand. Lazy: stops early."""
+    tried = []
+    for result in results:
+        if result.feasible:
+            return result
+        tried.append(result)
+    return best_of(tried)
 
 
 def layouts(sizes: Sequence[float], full: float, max_parts: int) -> list[tuple[float, ...]]:
@@ -135,16 +148,18 @@ def plan_ideal(
     best: Plan | None = None
     tried = 0
     policies = variants(config)
+    perf = PerfModel(profile, config)
     for combo in itertools.combinations_with_replacement(options, len(devices)):
         for policy in policies:
             tried += 1
-            result = Planner("ideal", devices, policy, interference, frozen_layout=combo).plan(
-                demands
-            )
+            result = Planner(
+                "ideal", devices, policy, interference, frozen_layout=combo, perf=perf
+            ).plan(demands)
             if result.feasible and (best is None or result.devices_used < best.devices_used):
                 best = result
     elastic = best_of(
-        Planner("ideal", devices, policy, interference).plan(demands) for policy in policies
+        Planner("ideal", devices, policy, interference, perf=perf).plan(demands)
+        for policy in policies
     )
     if elastic.feasible and (best is None or elastic.devices_used < best.devices_used):
         best = elastic

@@ -1,0 +1,106 @@
+"""Planning a scenario file offline: what `gpulet plan` and `gpulet peak` and the benchmarks run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import orjson
+
+from common.profiles import DeviceProfile
+from common.scenarios import Scenario, load_scenario
+from router.scheduling.interference import InterferenceModel, NoInterference
+from router.scheduling.peak import PeakResult, peak_search
+from router.scheduling.schedulers import SCHEDULERS, SearchTooLarge, plan
+from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A scenario made concrete: its profile, devices and interference model."""
+
+    scenario: Scenario
+    profile: DeviceProfile
+    devices: tuple[Device, ...]
+    interference: InterferenceModel
+    interference_note: str
+
+
+def setting_for(
+    scenario: Scenario, profile: DeviceProfile | None = None, devices: int | None = None
+) -> Setting:
+    profile = profile or scenario.profile()
+    count = devices or scenario.devices
+    prefix = "cpu" if profile.kind == "cpu" else "gpu"
+    made = tuple(Device(f"{prefix}{i}", "offline", profile) for i in range(count))
+    model, note = interference_for(profile)
+    return Setting(scenario, profile, made, model, note)
+
+
+def interference_for(profile: DeviceProfile) -> tuple[InterferenceModel, str]:
+    if profile.kind == "cpu":
+        # Disjoint core sets measured isolated within noise (machine-notes section 3).
+        return NoInterference(), "cpu core sets: no interference (measured isolated)"
+    from router.scheduling.interference_models import fitted_for
+
+    fitted = fitted_for(profile.name)
+    if fitted is None:
+        return NoInterference(), f"no fitted interference model for {profile.name}: none assumed"
+    return fitted, f"interference: fitted model for {profile.name}"
+
+
+def demands_at(scenario: Scenario, rate_rps: float) -> list[ModelDemand]:
+    rates = scenario.rates_at(rate_rps)
+    return [ModelDemand(m.name, m.model, rates[m.name], m.slo_ms) for m in scenario.models]
+
+
+def plan_at(setting: Setting, scheduler: str, rate_rps: float, config: PlanConfig) -> Plan:
+    result = plan(
+        scheduler, demands_at(setting.scenario, rate_rps), setting.devices, config,
+        setting.interference,
+    )  # fmt: skip
+    if scheduler in ("gpulet+int", "ideal"):
+        result = replace(result, explanation=(*result.explanation, setting.interference_note))
+    return result
+
+
+@dataclass(frozen=True)
+class PeakRow:
+    scheduler: str
+    peak_rps: float | None  # None: too large to search
+    plans: int
+    seconds: float
+    result: PeakResult | None
+
+
+def find_peak(setting: Setting, scheduler: str, config: PlanConfig) -> PeakRow:
+    started = time.perf_counter()
+    scenario = setting.scenario
+    try:
+        result = peak_search(
+            lambda r: plan_at(setting, scheduler, r, config), scenario.step_rps, scenario.max_rps
+        )
+    except SearchTooLarge:
+        return PeakRow(scheduler, None, 0, time.perf_counter() - started, None)
+    return PeakRow(
+        scheduler, result.rate_rps, result.plans_made, time.perf_counter() - started, result
+    )
+
+
+def schedulers_named(name: str) -> tuple[str, ...]:
+    if name == "all":
+        return SCHEDULERS
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose from all, {', '.join(SCHEDULERS)}")
+    return (name,)
+
+
+def load_cpu_profile(path: Path) -> DeviceProfile:
+    return DeviceProfile.from_json(orjson.loads(path.read_bytes()))
+
+
+def open_scenario(path: Path) -> Scenario:
+    if not path.exists():
+        raise FileNotFoundError(f"no scenario file {path}")
+    return load_scenario(path)
