@@ -9,13 +9,15 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 
 import uvloop
 from aiohttp import web
 
-from agent.api import STATE_KEY, create_app
+from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
+from agent.profiling import NO_PROFILE, ensure_agent_profile
 from agent.simulated import SimulatedExecutor
 from agent.supervisor import Supervisor
 from common.cluster import AgentInfo, DeviceInfo
@@ -30,15 +32,31 @@ class MissingRedis(RuntimeError):
     pass
 
 
-async def heartbeat_loop(store: Store, info: AgentInfo, supervisor: GpuletExecutor, ttl_s: float,
+async def heartbeat_loop(store: Store, state: AgentState, ttl_s: float,
                          interval_s: float) -> None:  # fmt: skip
     """Renew our registration forever; a failed beat is logged and the next one tries again."""
     while True:
         try:
-            await store.heartbeat(info, supervisor.statuses(), ttl_s)
+            await store.heartbeat(state.info, state.supervisor.statuses(), ttl_s)
         except Exception:
-            logger.exception("heartbeat failed agent=%s", info.agent_id)
+            logger.exception("heartbeat failed agent=%s", state.info.agent_id)
         await asyncio.sleep(interval_s)
+
+
+async def announce_profile(
+    store: Store, settings: AgentSettings, state: AgentState, device: DeviceInfo
+) -> None:
+    """Measure (or reuse) this machine's profile, then advertise its key with our registration."""
+    try:
+        key = await ensure_agent_profile(store, settings, device, state.info.agent_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("profiling failed; the router falls back to its static rule")
+        key = NO_PROFILE
+    state.info = replace(state.info, profile_key=key)
+    await store.heartbeat(state.info, state.supervisor.statuses(), settings.heartbeat_ttl_s)
+    logger.info("profile ready key=%s", key)
 
 
 def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], GpuletExecutor]:
@@ -62,6 +80,7 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
     store = Store.from_url(settings.redis_url, settings.redis_prefix)
     runner: web.AppRunner | None = None
     beat: asyncio.Task[None] | None = None
+    profiling: asyncio.Task[None] | None = None
     try:
         # Bind first, so that port 0 resolves to the real port before we advertise it.
         placeholder = AgentInfo("", "", "", 0, devices, time.time())
@@ -73,12 +92,15 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         agent_id = settings.agent_id or f"{socket.gethostname()}-{port}"
         url = settings.agent_advertise_url or f"http://{settings.agent_host}:{port}"
         info = AgentInfo(agent_id, url, socket.gethostname(), os.getpid(), devices, time.time())
-        runner.app[STATE_KEY].info = info
+        state = runner.app[STATE_KEY]
+        state.info = info
         await store.heartbeat(info, [], settings.heartbeat_ttl_s)
         beat = asyncio.create_task(
-            heartbeat_loop(store, info, supervisor, settings.heartbeat_ttl_s,
-                           settings.heartbeat_interval_s)
-        )  # fmt: skip
+            heartbeat_loop(store, state, settings.heartbeat_ttl_s, settings.heartbeat_interval_s)
+        )
+        cpu = [d for d in devices if d.kind == "cpu"]
+        if cpu and settings.profile_on_start:
+            profiling = asyncio.create_task(announce_profile(store, settings, state, cpu[0]))
         logger.info("agent up id=%s url=%s devices=%s", agent_id, url,
                     ",".join(f"{d.device_id}:{d.kind}" for d in devices))  # fmt: skip
         await stop.wait()
@@ -86,10 +108,11 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         with contextlib.suppress(Exception):
             await store.remove_agent(agent_id)
     finally:
-        if beat is not None:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+        for task in (profiling, beat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await supervisor.close()
         if runner is not None:
             await runner.cleanup()

@@ -440,6 +440,7 @@ async def ensure_profile(
     progress: ProgressFn | None = None,
     *,
     sizes: Iterable[int] | None = None,
+    batches: Iterable[int] = BATCHES,
     force: bool = False,
     agent_id: str | None = None,
     measure: MeasureFn = measure_profile,
@@ -450,7 +451,7 @@ async def ensure_profile(
     Only stale models are measured again. Measuring runs in a thread, so the event loop goes
     on; `progress` is called on the loop. With `store` None nothing is read or kept.
     """
-    request = plan_request(models, device.cores, sizes)
+    request = plan_request(models, device.cores, sizes, batches)
     facts = read_machine_facts(len(device.cores))
     machine = machine_key(facts)
     key = f"cpu:{machine}"

@@ -274,14 +274,26 @@ class WorkerSlot:
     async def _call(
         self, header: dict[str, object], tensors: dict[str, frames.Array] | None, timeout_s: float
     ) -> frames.Frame:
-        if self.writer is None:
-            raise Unavailable(f"gpulet {self.spec.gpulet_id} has no worker connected")
+        if self.writer is None or self.writer.is_closing():
+            raise Unavailable(
+                f"gpulet {self.spec.gpulet_id} has no worker connected (restarting)",
+                gpulet=self.spec.gpulet_id,
+            )
         if timeout_s <= 0:
             raise DeadlinePassed("deadline passed before the batch was sent")
         call_id = next(self.ids)
         future: asyncio.Future[frames.Frame] = asyncio.get_running_loop().create_future()
+        try:
+            write_message(self.writer, frames.encode({**header, "id": call_id}, tensors))
+        except (RuntimeError, ConnectionError) as exc:
+            # The worker's socket closed between our check and the write (uvloop raises
+            # RuntimeError on a closed transport): the batch never reached it, so retrying is
+            # safe: 503, not 502.
+            raise Unavailable(
+                f"worker of gpulet {self.spec.gpulet_id} went away before the batch was sent",
+                gpulet=self.spec.gpulet_id,
+            ) from exc
         self.pending[call_id] = future
-        write_message(self.writer, frames.encode({**header, "id": call_id}, tensors))
         try:
             async with asyncio.timeout(timeout_s):
                 await self.writer.drain()

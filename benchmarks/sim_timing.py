@@ -4,6 +4,7 @@ In-process (default): a SimulatedExecutor with 64 GPUs of `a100-class`, two gpul
 (50/50, 80/20 or 60/40), every gpulet kept busy by 2-4 back-to-back callers (so 1-3 batches wait
 behind the running one), batches of 1-32. Every batch's timing comes from the executor itself.
     python benchmarks/sim_timing.py [--seconds 25] [--timer timerfd|loop] [--loop uvloop|asyncio]
+                                    [--interference fitted|none]
 Through HTTP (`--http`): a real `gpulet agent --simulated` process, one 100 % gpulet per GPU
 (no neighbour, so the intended latency is the profile's and can be computed here), driven with
 the router's AgentClient; achieved = the reply's compute_ms.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import subprocess
@@ -38,6 +40,7 @@ from common.procs import die_with_parent, free_port, stop_process
 from common.profiles import DeviceProfile, find_profile
 from common.settings import AgentSettings
 from router.agent_client import AgentClient
+from router.scheduling.interference import NoInterference
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet50", "vgg16", "densenet121", "mobilenet_v2", "inception_v3")
@@ -70,6 +73,26 @@ class Recorder:
 
     def column(self, key: str) -> npt.NDArray[np.float64]:
         return np.frombuffer(self.columns[key], dtype=np.float64)
+
+
+class Gen2Pauses:
+    """Full (generation-2) garbage collections while attached: they stall the event loop."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.monotonic()
+        else:
+            self.pauses_ms.append((time.monotonic() - self._started) * 1000)
+
+    def __str__(self) -> str:
+        longest = max(self.pauses_ms, default=0.0)
+        return f"gen-2 GC: {len(self.pauses_ms)} pauses, longest {longest:.1f}ms"
 
 
 def layout(devices: int, rng: random.Random, *, split: bool) -> list[GpuletSpec]:
@@ -163,25 +186,32 @@ async def in_process(args: argparse.Namespace) -> None:
     rec = Recorder()
     devices = discover_simulated(profile, args.devices)
     timer: TimerKind = args.timer
+    # "none" isolates the executor's own timing from the fitted model's cost and memory.
+    interference = NoInterference() if args.interference == "none" else None
     executor = SimulatedExecutor(
-        AgentSettings(), profile, devices, timer=timer, on_batch=rec.on_batch
-    )
+        AgentSettings(), profile, devices, interference=interference, timer=timer,
+        on_batch=rec.on_batch,
+    )  # fmt: skip
     await executor.start()
     await executor.apply(specs)
-    interference = type(executor.interference).__name__
     print(f"{len(specs)} gpulets on {args.devices} simulated {profile.name} GPUs, timer "
-          f"{args.timer}, loop {args.loop}, interference {interference}")  # fmt: skip
+          f"{args.timer}, loop {args.loop}, interference "
+          f"{type(executor.interference).__name__}")  # fmt: skip
 
     async def call(spec: GpuletSpec, model: str, tensors: dict[str, frames.Array]) -> frames.Frame:
         return await executor.run(spec.gpulet_id, model, tensors, time.monotonic() + DEADLINE_S)
 
+    gc_pauses = Gen2Pauses()
+    gc.callbacks.append(gc_pauses)
     try:
         wall0, cpu0 = time.monotonic(), time.process_time()
         errors = await drive(specs, profile, call, args.seconds, rng)
         wall_s, cpu_s = time.monotonic() - wall0, time.process_time() - cpu0
     finally:
+        gc.callbacks.remove(gc_pauses)
         await executor.close()
     report(rec, wall_s, cpu_s, errors, wall0 + WARMUP_S, "event loop (process)")
+    print(gc_pauses)
 
 
 def start_agent(
@@ -259,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timer", choices=("timerfd", "loop"), default="timerfd")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="the agent runs uvloop")  # fmt: skip
+    parser.add_argument("--interference", choices=("fitted", "none"), default="fitted",
+                        help="fitted: the profile's shipped model (in-process runs)")  # fmt: skip
     parser.add_argument("--http", action="store_true", help="through a real agent process")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)

@@ -41,9 +41,12 @@ class AgentInfo:
     pid: int
     devices: tuple[DeviceInfo, ...]
     started_at_s: float
+    # Store key of the profile this agent measured (None while it is still measuring).
+    profile_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "profile_key": self.profile_key,
             "agent_id": self.agent_id,
             "url": self.url,
             "hostname": self.hostname,
@@ -61,6 +64,7 @@ class AgentInfo:
             pid=int(data.get("pid", 0)),
             devices=tuple(DeviceInfo.from_json(d) for d in data.get("devices", ())),
             started_at_s=float(data.get("started_at_s", 0.0)),
+            profile_key=data.get("profile_key"),
         )
 
 

@@ -29,15 +29,35 @@ class CommonSettings(BaseSettings):
     redis_prefix: str = Field(default="gpulet:", description="prefix of every Redis key we own")
     model_dir: Path = Field(default_factory=default_model_dir, description="ONNX model cache")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    models: str = Field(
+        default="", description="comma-separated models to serve; empty: every catalog model"
+    )
+
+    def model_list(self) -> list[str]:
+        from common.models import CATALOG
+
+        names = [n.strip() for n in self.models.split(",") if n.strip()] or sorted(CATALOG)
+        unknown = [n for n in names if n not in CATALOG]
+        if unknown:
+            raise ValueError(
+                f"GPULET_MODELS names unknown models {unknown}; the catalog has {sorted(CATALOG)}"
+            )
+        return names
 
 
 class RouterSettings(CommonSettings):
     router_host: str = "127.0.0.1"
     router_port: int = 8000
-    models: str = Field(
-        default="", description="comma-separated models to serve; empty: every catalog model"
-    )
     max_batch: int = Field(default=64, ge=1, description="largest batch one request may carry")
+    scheduler: str = Field(
+        default="gpulet+int",
+        description="planner: gpulet+int, gpulet, greedy, temporal, ideal, or static (no profile)",
+    )
+    rates: str = Field(
+        default="",
+        description="expected req/s per model, e.g. 'resnet18=20,noop=500'; empty: plan for the "
+        "largest equal rate the devices can carry",
+    )
     max_deadline_ms: float = Field(
         default=60_000.0, gt=0, description="cap on any request's deadline, whatever its slo_ms"
     )
@@ -68,6 +88,12 @@ class AgentSettings(CommonSettings):
     )
     agent_cores: str | None = Field(
         default=None, description="cores this agent may use, e.g. '0-3' or '0,2'; default: all"
+    )
+    profile_on_start: bool = Field(
+        default=True, description="measure (or reuse) the CPU profile the planner needs"
+    )
+    profile_batches: str = Field(
+        default="1,2,4,8,16,32", description="batch sizes the agent profiles its models at"
     )
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(

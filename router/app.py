@@ -39,13 +39,24 @@ INFER_EXAMPLE = {
 
 
 def served_models(settings: RouterSettings) -> dict[str, ModelSpec]:
-    names = [n.strip() for n in settings.models.split(",") if n.strip()] or sorted(CATALOG)
-    unknown = [n for n in names if n not in CATALOG]
-    if unknown:
-        raise ValueError(
-            f"GPULET_MODELS names unknown models {unknown}; the catalog has {sorted(CATALOG)}"
-        )
-    return {n: CATALOG[n] for n in names}
+    return {n: CATALOG[n] for n in settings.model_list()}
+
+
+def parse_rates(text: str, models: dict[str, ModelSpec]) -> dict[str, float]:
+    """'resnet18=20,noop=500' -> {"resnet18": 20.0, "noop": 500.0}; errors name the fix."""
+    rates: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ValueError(f"GPULET_RATES part {part!r}: use model=req_per_s") from None
+        if name.strip() not in models or rate < 0:
+            raise ValueError(
+                f"GPULET_RATES part {part!r}: model must be one of {sorted(models)}, rate >= 0"
+            )
+        rates[name.strip()] = rate
+    return rates
 
 
 def error_response(error: GpuletError, request_id: str | None = None) -> Response:
@@ -89,7 +100,14 @@ def create_app(
 ) -> FastAPI:
     models = served_models(settings)
     client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
-    controller = Controller(store, client, list(models), settings.reconcile_interval_s)
+    controller = Controller(
+        store,
+        client,
+        {name: spec.default_slo_ms for name, spec in models.items()},
+        settings.reconcile_interval_s,
+        scheduler=settings.scheduler,
+        rates_rps=parse_rates(settings.rates, models),
+    )
     inflight = InflightCounter(settings.max_inflight_per_gpulet, settings.retry_after_s)
 
     @contextlib.asynccontextmanager

@@ -1,36 +1,52 @@
 """The control loop: agents in Redis -> placement -> agents told -> readiness -> routing table.
 
-Each step reads state, computes the wanted placement with the (pure) placement rule, writes it
-to Redis as a new version when it differs, tells each agent its gpulets when the agent's applied
-version lags, polls readiness, and swaps in a new routing table. A failing step is logged and
-the loop goes on.
+Each step reads state, computes the wanted placement with the (pure) planner on the profile the
+agents measured (or the static rule when `scheduler` is "static", or when no plan is feasible),
+writes it to Redis as a new version when it differs, tells each agent its gpulets when the
+agent's applied version lags, polls readiness, and swaps in a new routing table. Plans are made
+again only when their inputs change. A failing step is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from common.cluster import AgentInfo
 from common.errors import GpuletError
 from common.placement import EMPTY_PLACEMENT, Placement
+from common.profiles import DeviceProfile
 from common.store import Store
 from router.agent_client import AgentClient
 from router.placement_rule import static_placement
 from router.routing import RoutingTable, build_table
+from router.scheduling.live import plan_live
+
+STATIC = "static"
 
 logger = logging.getLogger(__name__)
 
 
 class Controller:
     def __init__(
-        self, store: Store, client: AgentClient, models: Sequence[str], interval_s: float
+        self,
+        store: Store,
+        client: AgentClient,
+        slos_ms: Mapping[str, float],
+        interval_s: float,
+        *,
+        scheduler: str = STATIC,
+        rates_rps: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
         self.client = client
-        self.models = list(models)
+        self.models = sorted(slos_ms)
+        self.slos_ms = dict(slos_ms)
+        self.rates_rps = dict(rates_rps or {})
+        self.scheduler = scheduler
         self.interval_s = interval_s
+        self._planned: tuple[object, Placement | None] | None = None
         self.table = RoutingTable(EMPTY_PLACEMENT)
         self.agents: list[AgentInfo] = []
         self.changed = asyncio.Event()  # set after every step, for waiters such as /readyz tests
@@ -64,7 +80,9 @@ class Controller:
 
     async def _current_placement(self, agents: list[AgentInfo]) -> Placement:
         stored = await self.store.placement() or EMPTY_PLACEMENT
-        wanted = static_placement(agents, self.models)
+        wanted = await self._wanted(agents)
+        if wanted is None:  # agents still measuring their profile: keep what runs
+            return stored
         if wanted.gpulets == stored.gpulets and stored.version > 0:
             return stored
         written = await self.store.write_placement(wanted)
@@ -75,6 +93,39 @@ class Controller:
         for line in written.explanation:
             logger.info("placement: %s", line)
         return written
+
+    async def _wanted(self, agents: list[AgentInfo]) -> Placement | None:
+        if self.scheduler == STATIC or not agents:
+            return static_placement(agents, self.models)
+        keys = sorted({a.profile_key or "" for a in agents})
+        if "" in keys:
+            return None
+        inputs = (tuple((a.agent_id, a.devices) for a in agents), tuple(keys))
+        if self._planned is not None and self._planned[0] == inputs:
+            return self._planned[1]
+        wanted = await self._plan(agents, keys)
+        self._planned = (inputs, wanted)
+        return wanted
+
+    async def _plan(self, agents: list[AgentInfo], keys: list[str]) -> Placement:
+        """The scheduler's placement on the agents' measured profile; the static rule if none."""
+        if len(keys) > 1:
+            logger.warning("agents measured %d different profiles; planning on %s", len(keys),
+                           keys[0])  # fmt: skip
+        found = await self.store.profile(keys[0])
+        if found is None:
+            return static_placement(agents, self.models)
+        profile = DeviceProfile.from_json(found[0])
+        live = plan_live(agents, profile, self.slos_ms, self.rates_rps, self.scheduler)
+        if live is None:
+            fallback = static_placement(agents, self.models)
+            why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "
+                   "static rule instead")  # fmt: skip
+            return Placement(0, fallback.gpulets, (why, *fallback.explanation))
+        if live.rate_rps is not None:
+            logger.info("planned for %.0f req/s per model (the most these devices carry)",
+                        live.rate_rps)  # fmt: skip
+        return live.placement
 
     async def _sync_agent(self, agent: AgentInfo, placement: Placement) -> set[str]:
         """Tell the agent its gpulets if it lags; return the ids of its ready gpulets."""

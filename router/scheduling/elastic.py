@@ -331,13 +331,12 @@ class Planner:
             if again is None:
                 return 0.0
             choice = again
-        memory = (
-            state.memory_mb(PROCESS_OVERHEAD_MB)
-            + PROCESS_OVERHEAD_MB
-            + (self.profile.memory_of(demand.model))
-        )
-        if memory > self.config.memory_fraction * self.profile.memory_mb:
-            why.append(f"{state.device.device_id}: memory {memory:.0f} MB would not fit")
+        if not self.memory_fits(state, demand, new_process=True):
+            used = state.memory_mb(PROCESS_OVERHEAD_MB)
+            need = PROCESS_OVERHEAD_MB + self.profile.memory_of(demand.model)
+            limit = self.config.memory_fraction * self.profile.memory_mb
+            why.append(f"{state.device.device_id}: memory {used:.0f} + {need:.0f} MB > "
+                       f"{limit:.0f} MB")  # fmt: skip
             return 0.0
         before = list(state.slots)
         if split:
@@ -357,6 +356,13 @@ class Planner:
             why.append(f"{state.device.device_id}: {problem}")
             return 0.0
         return tenant.rate_rps
+
+    def memory_fits(self, state: DeviceState, demand: ModelDemand, *, new_process: bool) -> bool:
+        """Used + this model (+ a process of its own) within memory_fraction of the device."""
+        memory = state.memory_mb(PROCESS_OVERHEAD_MB) + self.profile.memory_of(demand.model)
+        if new_process:
+            memory += PROCESS_OVERHEAD_MB
+        return memory <= self.config.memory_fraction * self.profile.memory_mb
 
     @staticmethod
     def snapshot(state: DeviceState) -> list[tuple[Tenant, int, float]]:
@@ -455,6 +461,8 @@ class Planner:
                 continue
             # d + L̂ < SLO and the new batch fits in the slot's spare share of the cycle.
             if duty + latency < demand.slo_ms and latency / duty < 1 - slot.occupancy():
+                if not self.memory_fits(state, demand, new_process=False):
+                    return 0.0
                 snapshot = self.snapshot(state)
                 old_duty = slot.duty_ms
                 tenant = Tenant(demand, batch, rate, False)

@@ -3,8 +3,10 @@
     L̂(m, b, s) = margin · L(m, b, s) · α          (reference/gpulet-paper.md §2.1; α ≥ 1)
 Saturated gpu-let (always busy):  largest b ≤ max_batch with 2·L̂(b) ≤ SLO;
     duty = L̂(b), throughput = 1000·b / L̂(b)   (a request may wait one whole batch, then run).
-Residual gpu-let (rate r):         largest b with L̂(b) + 1000·b/r ≤ SLO;
-    duty = max(1000·b/r, L̂(b)), throughput = 1000·b / duty   (fill the batch, then run it).
+Residual gpu-let (rate r):         largest b with L̂(b) + duty ≤ SLO, duty = max(1000·b/r, L̂(b));
+    throughput = 1000·b / duty   (fill the batch, then run it). The original checks
+    L̂ + 1000·b/r ≤ SLO, which misses the case L̂ > b/r: a request then waits a whole L̂-long
+    cycle, so the worst case is 2·L̂ and must meet the SLO too.
 The original also adds a host-side batching cost; our profiles time the whole batch, and the
 1.1 margin stands for the rest.
 """
@@ -96,9 +98,9 @@ class PerfModel:
             if latency is None:
                 break
             fill_ms = 1000 * batch / rate_rps
-            # L̂(b) + b/r ≤ SLO: the batch fills at the model's rate, then runs.
-            if latency + fill_ms <= slo_ms:
-                duty = max(fill_ms, latency)
+            duty = max(fill_ms, latency)
+            # L̂(b) + duty ≤ SLO: wait one cycle (fill, or the batch ahead), then run.
+            if latency + duty <= slo_ms:
                 best = BatchChoice(batch, latency, duty, 1000 * batch / duty)
         if best is None:
             # A rate too low to fill even one batch within the SLO (the original's corner

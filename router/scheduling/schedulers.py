@@ -149,20 +149,24 @@ def plan_ideal(
     tried = 0
     policies = variants(config)
     perf = PerfModel(profile, config)
+    # Every layout under every placement policy we have (the elastic variants and greedy's),
+    # all judged by ideal's own latency model, interference included.
+    rules = [(policy, False) for policy in policies] + [(config, True)]
     for combo in itertools.combinations_with_replacement(options, len(devices)):
-        for policy in policies:
+        for policy, greedy in rules:
             tried += 1
             result = Planner(
-                "ideal", devices, policy, interference, frozen_layout=combo, perf=perf
-            ).plan(demands)
+                "ideal", devices, policy, interference, frozen_layout=combo, perf=perf,
+                greedy=greedy,
+            ).plan(demands)  # fmt: skip
             if result.feasible and (best is None or result.devices_used < best.devices_used):
                 best = result
-    elastic = best_of(
-        Planner("ideal", devices, policy, interference, perf=perf).plan(demands)
-        for policy in policies
+    unfrozen = best_of(
+        Planner("ideal", devices, policy, interference, perf=perf, greedy=greedy).plan(demands)
+        for policy, greedy in rules
     )
-    if elastic.feasible and (best is None or elastic.devices_used < best.devices_used):
-        best = elastic
+    if unfrozen.feasible and (best is None or unfrozen.devices_used < best.devices_used):
+        best = unfrozen
     if best is None:
         return Plan(
             scheduler="ideal",

@@ -1,0 +1,119 @@
+"""Planning for the running system (pure): agents' devices and a profile in, a `Placement` out.
+
+Demands are the served models with their SLOs, at declared rates, or, when none are declared,
+at the largest equal rate r the devices can carry (a peak search, as `gpulet peak` does):
+every model then gets the same share of what the hardware can give under its SLO. The plan's
+gpu-lets become concrete partitions: on a CPU device, contiguous core sets in plan order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from common.cluster import AgentInfo
+from common.placement import GpuletModel, GpuletSpec, Placement
+from common.profiles import DeviceProfile
+from router.scheduling.interference import InterferenceModel, NoInterference
+from router.scheduling.peak import peak_search
+from router.scheduling.schedulers import plan
+from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
+
+# The equal-rate search: req/s resolution and ceiling per model.
+SEARCH_STEP_RPS = 1.0
+SEARCH_MAX_RPS = 100_000.0
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    placement: Placement  # version 0: the store assigns the real one
+    plan: Plan
+    rate_rps: float | None  # the equal rate planned for, when no rates were declared
+
+
+def cpu_devices(
+    agents: Sequence[AgentInfo], profile: DeviceProfile
+) -> tuple[list[Device], dict[str, tuple[int, ...]]]:
+    """Every CPU device of the agents (the profile sized to its cores), and its core ids."""
+    devices = []
+    cores_of: dict[str, tuple[int, ...]] = {}
+    for agent in sorted(agents, key=lambda a: a.agent_id):
+        for info in agent.devices:
+            if info.kind != "cpu" or not info.cores:
+                continue
+            cores = float(len(info.cores))
+            sized = replace(
+                profile,
+                sizes=tuple(s for s in profile.sizes if s <= cores),
+                full_size=cores,
+            )
+            device_id = f"{agent.agent_id}/{info.device_id}"
+            devices.append(Device(device_id, agent.agent_id, sized))
+            cores_of[device_id] = info.cores
+    return devices, cores_of
+
+
+def plan_live(
+    agents: Sequence[AgentInfo],
+    profile: DeviceProfile,
+    slos_ms: Mapping[str, float],
+    rates_rps: Mapping[str, float],
+    scheduler: str,
+    config: PlanConfig | None = None,
+    interference: InterferenceModel | None = None,
+) -> LivePlan | None:
+    """The placement to deploy; None when there are no devices or no model fits at all."""
+    devices, cores_of = cpu_devices(agents, profile)
+    if not devices:
+        return None
+    config = config or PlanConfig()
+    interference = interference or NoInterference()
+    names = sorted(slos_ms)
+
+    def at(rate: float) -> Plan:
+        demands = [
+            ModelDemand(n, n, rates_rps.get(n, rate) if rates_rps else rate, slos_ms[n])
+            for n in names
+        ]
+        return plan(scheduler, demands, devices, config, interference)
+
+    if rates_rps:
+        result, equal_rate = at(0.0), None
+    else:
+        peak = peak_search(at, SEARCH_STEP_RPS, SEARCH_MAX_RPS)
+        if peak.plan is None or not peak.plan.feasible:
+            return None
+        result, equal_rate = peak.plan, peak.rate_rps
+    return LivePlan(to_placement(result, devices, cores_of), result, equal_rate)
+
+
+def to_placement(
+    result: Plan, devices: Sequence[Device], cores_of: Mapping[str, Sequence[int]]
+) -> Placement:
+    by_id = {d.device_id: d for d in devices}
+    agents = {d.device_id: d.agent_id for d in devices}
+    gpulets = []
+    next_core: dict[str, int] = {}
+    for gpulet in sorted(result.gpulets, key=lambda g: (g.device_id, -g.size)):
+        device = by_id[gpulet.device_id]
+        start = next_core.get(device.device_id, 0)
+        count = int(gpulet.size)
+        cores = list(cores_of[device.device_id])[start : start + count]
+        next_core[device.device_id] = start + count
+        agent_id = agents[device.device_id]
+        device_name = device.device_id.split("/", 1)[1]
+        gpulets.append(
+            GpuletSpec(
+                gpulet_id=f"{agent_id}.{device_name}.c{'_'.join(map(str, cores))}",
+                agent_id=agent_id,
+                device_id=device_name,
+                cores=tuple(cores),
+                size=gpulet.size,
+                duty_cycle_ms=round(gpulet.duty_cycle_ms, 3),
+                models=tuple(
+                    GpuletModel(m.name, m.batch, round(m.rate_rps, 3)) for m in gpulet.models
+                ),
+            )
+        )
+    unplaced = tuple(sorted({name for name, gap in result.shortfall_rps.items() if gap > 0}))
+    return Placement(0, tuple(gpulets), explanation=result.explanation, unplaced=unplaced)
