@@ -102,6 +102,8 @@ class PerfModel:
             # L̂(b) + duty ≤ SLO: wait one cycle (fill, or the batch ahead), then run.
             if latency + duty <= slo_ms:
                 best = BatchChoice(batch, latency, duty, 1000 * batch / duty)
+            elif best is not None:
+                break  # L̂ + duty grows with b (as the original's binary search assumes)
         if best is None:
             # A rate too low to fill even one batch within the SLO (the original's corner
             # case): run batch 1 on a shorter cycle, d = SLO - L̂(1), so L̂ + d = SLO; the
