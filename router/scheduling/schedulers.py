@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
 from router.scheduling.elastic import Planner
@@ -59,10 +59,7 @@ def plan(
         return plan_ideal(demands, devices, config, interference)
     if name in ("gpulet", "gpulet+int") and config.portfolio:
         perf = PerfModel(devices[0].profile, config)
-        return first_feasible(
-            Planner(name, devices, variant, interference, perf=perf).plan(demands)
-            for variant in variants(config)
-        )
+        return first_feasible(portfolio(name, demands, devices, config, interference, perf))
     planner = Planner(name, devices, config, interference, greedy=name == "greedy")
     return planner.plan(demands)
 
@@ -80,6 +77,30 @@ VARIANT_CHANGES: tuple[dict[str, object], ...] = (
     {"whole_knee": True},
     {"whole_knee": True, "compare_fits": 6},
 )
+
+
+def portfolio(
+    name: str,
+    demands: Sequence[ModelDemand],
+    devices: Sequence[Device],
+    config: PlanConfig,
+    interference: InterferenceModel | None,
+    perf: PerfModel,
+) -> Iterator[Plan]:
+    """The elastic planner under each policy variant, then on each homogeneous layout (every
+    device split alike: a handful of the ideal search's cases), lazily, cheapest first."""
+    policies = variants(config)
+    for policy in policies:
+        yield Planner(name, devices, policy, interference, perf=perf).plan(demands)
+    profile = devices[0].profile
+    for layout in layouts(profile.sizes, profile.full_size, config.max_gpulets_per_device):
+        if len(layout) < 2:
+            continue  # whole devices only: what the variants above already try first
+        for policy in policies[:2]:
+            yield Planner(
+                name, devices, policy, interference, perf=perf,
+                frozen_layout=[layout] * len(devices),
+            ).plan(demands)  # fmt: skip
 
 
 def variants(config: PlanConfig) -> list[PlanConfig]:
