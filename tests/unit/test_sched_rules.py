@@ -639,7 +639,10 @@ def test_temporal_sharing_respects_memory() -> None:
     assert tight.shortfall_rps == {"c": 100.0}
     roomy = plan("gpulet", demands, devices(1), EXACT)
     assert roomy.feasible
-    assert gpulets_of(roomy) == [("d0", 40.0, ("a",)), ("d0", 60.0, ("b", "c"))]
+    # c has no gpu-let of its own: it time-shares one (which one depends on the policy variant
+    # the portfolio keeps).
+    shared = [models for _, _, models in gpulets_of(roomy) if "c" in models]
+    assert len(shared) == 1 and len(shared[0]) == 2, gpulets_of(roomy)
 
 
 # schedulers ------------------------------------------------------------------------------------
