@@ -38,6 +38,7 @@ class AgentState:
 
 
 STATE_KEY = web.AppKey("state", AgentState)
+SIMULATED_FIELDS = ("simulated", "intended_ms", "achieved_ms")
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -115,6 +116,8 @@ async def run_batch(request: web.Request) -> web.Response:
     header = {
         "compute_ms": reply.header.get("compute_ms"),
         "agent_ms": (time.monotonic() - received) * 1000,
+        # Simulated devices say so, with the latency they were meant to take.
+        **{k: reply.header[k] for k in SIMULATED_FIELDS if k in reply.header},
     }
     return web.Response(
         body=frames.encode(header, reply.tensors), content_type="application/octet-stream"

@@ -184,6 +184,7 @@ class _Batch:
     started_s: float = 0.0
     intended_ms: float = 0.0
     slowdown: float = 1.0
+    corunner: Corunner | None = None  # set when it starts: what its neighbours see
 
 
 @dataclass(eq=False)
@@ -231,6 +232,7 @@ class SimulatedExecutor:
         self._timer_kind: TimerKind = timer
         self._timers: Timers | None = None
         self._on_batch = on_batch
+        self._corunners: dict[tuple[str, int, float], Corunner] = {}
 
     async def start(self) -> None:
         self._timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
@@ -347,8 +349,8 @@ class SimulatedExecutor:
                 _fail(batch, BackendFailed(f"simulated gpulet {gpulet.spec.gpulet_id} cannot "
                       f"run this batch: {exc}", gpulet=gpulet.spec.gpulet_id))  # fmt: skip
                 continue
-            target = Corunner(batch.model, batch.size, size)
-            batch.slowdown = self.interference.slowdown(target, self._neighbours(gpulet))
+            batch.corunner = self._corunner(batch.model, batch.size, size)
+            batch.slowdown = self.interference.slowdown(batch.corunner, self._neighbours(gpulet))
             batch.started_s, batch.intended_ms = started_s, solo_ms * batch.slowdown
             gpulet.running = batch
             gpulet.free_at_s = started_s + batch.intended_ms / 1000
@@ -358,10 +360,19 @@ class SimulatedExecutor:
     def _neighbours(self, gpulet: SimulatedGpulet) -> list[Corunner]:
         """What runs now in the other gpulets of the same simulated GPU."""
         return [
-            Corunner(other.running.model, other.running.size, other.spec.size)
+            other.running.corunner
             for other in self._by_device[gpulet.spec.device_id]
-            if other is not gpulet and other.running is not None
+            if other is not gpulet and other.running is not None and other.running.corunner
         ]
+
+    def _corunner(self, model: str, batch: int, size: float) -> Corunner:
+        """One shared instance per (model, batch, size): a fitted model memoises its answers
+        keyed on these, and one object per batch would grow the heap the collector scans."""
+        key = (model, batch, size)
+        found = self._corunners.get(key)
+        if found is None:
+            found = self._corunners[key] = Corunner(model, batch, size)
+        return found
 
     def _complete(self, gpulet: SimulatedGpulet, batch: _Batch) -> None:
         if gpulet.running is not batch:  # the gpulet was stopped meanwhile

@@ -190,13 +190,28 @@ def discover(folder: Path) -> list[Found]:
 
 
 @functools.cache
+def exactly(k: int) -> PlanConfig:
+    """At most k gpu-lets per device, and no more: the planner's default (`more_gpulets`)
+    would otherwise try the kind's maximum where k finds no plan."""
+    return PlanConfig(max_gpulets_per_device=k, more_gpulets=False)
+
+
+def default_peaks(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """gpulet+int as shipped: two gpu-lets per device, more where two find no plan."""
+    rows = []
+    for path in paths:
+        row = find_peak(_setting(path), "gpulet+int", PlanConfig())
+        rows.append({"scenario": load_scenario(Path(path)).name, "peak_rps": row.peak_rps})
+    return rows
+
+
 def _setting(path: str) -> Any:
     return setting_for(load_scenario(Path(path)))
 
 
 def run_peak(path: str, k: int, scheduler: str) -> dict[str, Any]:
     """One peak search; runs in a worker process."""
-    row = find_peak(_setting(path), scheduler, PlanConfig(max_gpulets_per_device=k))
+    row = find_peak(_setting(path), scheduler, exactly(k))
     return {
         "scheduler": scheduler,
         "k": k,
@@ -255,7 +270,7 @@ def time_plans(ks: Sequence[int]) -> list[dict[str, Any]]:
     interference: InterferenceModel = fitted if fitted is not None else NoInterference()
     rows = []
     for k in ks:
-        config = PlanConfig(max_gpulets_per_device=k)
+        config = exactly(k)
         for devices in sorted(PLAN_TIME_GOALS_S):
             made = [Device(f"gpu{i}", "offline", profile) for i in range(devices)]
             for fraction in PLAN_TIME_FRACTIONS:
@@ -624,6 +639,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         low, high = min(ks), max(ks)
         comparison = compare_gpulets(entries, low, high)
         lines += gpulets_report(comparison, low, high)
+    defaults = default_peaks([str(f.path) for f in run])
+    lines.append(
+        "\n== gpulet+int as shipped (2 gpu-lets per device; more only where 2 find no plan)"
+    )
+    by_scenario = {e["scenario"]: e for e in entries}
+    for row in defaults:
+        entry = by_scenario.get(row["scenario"], {})
+        per_k = {k: entry.get("by_k", {}).get(str(k), {}).get("peaks", {}).get("gpulet+int")
+                 for k in ks}  # fmt: skip
+        shown = ", ".join(f"k={k}: {v}" for k, v in per_k.items())
+        lines.append(f"  {row['scenario']:<12} default {row['peak_rps']}   ({shown})")
     print("\n".join(lines), flush=True)
 
     timing_started = time.perf_counter()
@@ -647,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jobs": args.jobs,
             "scenarios_dir": str(folder),
             "max_gpulets": list(ks),
+            "gpulet_int_default_peaks": defaults,
             "schedulers": list(schedulers),
             "goals": {
                 "bound_gain_share": BOUND_GAIN_SHARE_GOAL,

@@ -197,6 +197,8 @@ def create_app(
             "latency_ms": round(latency_ms, 3),
             "gpulet": route.gpulet.gpulet_id,
         }
+        if reply.header.get("simulated"):
+            body["simulated"] = True  # outputs of the right shape, not a model's answer
         return Response(codec.dumps(body), media_type="application/json",
                         headers={"X-Request-Id": request_id})  # fmt: skip
 

@@ -127,6 +127,10 @@ class _PairTable:
     log_slowdowns: npt.NDArray[np.float64]  # (n,)
 
 
+# Pair answers kept per model; enough for every pair a plan meets, small beside the heap.
+MEMO_LIMIT = 50_000
+
+
 @dataclass(frozen=True, eq=False)
 class PairNeighbourInterference:
     """Nearest measured points of the same model pair; the linear form for unmeasured pairs."""
@@ -157,6 +161,8 @@ class PairNeighbourInterference:
         key = (target, neighbour)
         known = self._memo.get(key)
         if known is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()  # a long-lived agent must not grow it forever
             known = self._memo[key] = self._pair_slowdown(target, neighbour)
         return known
 

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
+from common.profiles import DeviceProfile
 from router.scheduling.elastic import Planner
 from router.scheduling.interference import InterferenceModel
 from router.scheduling.perf import PerfModel
@@ -101,6 +102,16 @@ def portfolio(
                 name, devices, policy, interference, perf=perf,
                 frozen_layout=[layout] * len(devices),
             ).plan(demands)  # fmt: skip
+    most = kind_max_gpulets(profile)
+    if config.more_gpulets and most > config.max_gpulets_per_device:
+        for policy in variants(replace(config, max_gpulets_per_device=most)):
+            yield Planner(name, devices, policy, interference, perf=perf).plan(demands)
+
+
+def kind_max_gpulets(profile: DeviceProfile) -> int:
+    """As many gpu-lets as the smallest allowed size fits in the whole device."""
+    smallest = min(profile.sizes) if profile.sizes else profile.full_size
+    return max(1, int(profile.full_size // smallest))
 
 
 def variants(config: PlanConfig) -> list[PlanConfig]:

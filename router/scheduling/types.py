@@ -32,7 +32,10 @@ class PlanConfig:
     rate_slack_rps: float = 0.0
     # Models whose planned throughput falls under this share of demand are re-planned once.
     retry_threshold: float = 0.85
-    max_gpulets_per_device: int = 2  # the original's two; more where the kind allows
+    max_gpulets_per_device: int = 2  # the original's two
+    # When no plan with `max_gpulets_per_device` is feasible, also try as many gpu-lets per
+    # device as the kind allows (full size / smallest size): on only where it plans better.
+    more_gpulets: bool = True
     max_models_per_gpulet: int = 3  # temporal sharing of up to 3 models in one gpu-let
     interference: bool = True
     allow_split: bool = True  # False: whole devices only (temporal sharing)

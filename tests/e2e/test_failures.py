@@ -152,3 +152,19 @@ async def test_cluster_view_with_redis_down_is_503_with_retry_after() -> None:
     assert response.json()["error"]["code"] == "unavailable"
     assert "Redis" in response.json()["error"]["message"]
     assert int(response.headers["retry-after"]) >= 1
+
+
+def test_the_pair_is_placed_by_the_planner_on_the_measured_profile(pair: RunningSystem) -> None:
+    cluster = pair.get("/v1/cluster").body
+    [agent] = cluster["agents"]
+    assert agent["profile_key"].startswith("cpu:")
+    placement = cluster["placement"]
+    assert placement["explanation"][0].startswith("gpulet+int: feasible"), placement
+    planned: dict[str, float] = {}
+    for gpulet in placement["gpulets"]:
+        for m in gpulet["models"]:
+            planned[m["name"]] = planned.get(m["name"], 0.0) + m["planned_rps"]
+    assert set(planned) == {"resnet18", "noop"}
+    # Planned for the largest equal rate the cores carry: each model gets at least that rate.
+    assert min(planned.values()) > 0
+    assert all(g["duty_cycle_ms"] > 0 for g in placement["gpulets"])
