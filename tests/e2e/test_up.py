@@ -49,7 +49,8 @@ def test_up_serves_the_printed_example_and_ctrl_c_leaves_nothing(model_dir: Path
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=read_lines, args=(up.stdout, lines), daemon=True).start()
+    reader = threading.Thread(target=read_lines, args=(up.stdout, lines), daemon=True)
+    reader.start()
     try:
         wait_for_line(lines, r"gpulet is ready at", READY_TIMEOUT_S)
         curl_line, _ = wait_for_line(lines, r"try:\s+curl", 10)
@@ -75,3 +76,6 @@ def test_up_serves_the_printed_example_and_ctrl_c_leaves_nothing(model_dir: Path
         if up.poll() is None:
             up.kill()
             up.wait()
+        reader.join(timeout=10)  # EOF once the process is gone
+        if up.stdout is not None:
+            up.stdout.close()
