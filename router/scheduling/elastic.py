@@ -14,14 +14,14 @@ once; smaller deficits get extra gpu-lets. A plan is feasible when every model's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from common.profiles import PROCESS_OVERHEAD_MB
 from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.perf import BatchChoice, PerfModel
 from router.scheduling.state import DeviceState, Slot, Tenant, evaluate_device, to_planned
-from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
+from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig, PlannedGpulet
 
 DEFICIT_ROUNDS = 2  # extra passes that place capacity lost to neighbours' interference
 MAX_REJECTIONS_EXPLAINED = 3
@@ -75,7 +75,29 @@ class Planner:
         self.explanation: list[str] = []
 
     # top level ----------------------------------------------------------------------------
-    def plan(self, demands: Sequence[ModelDemand]) -> Plan:
+    def seed(self, gpulets: Sequence[PlannedGpulet], keep: Mapping[str, ModelDemand]) -> None:
+        """Put back an earlier plan's gpu-lets for the models in `keep` (incremental re-plan:
+        the layout must be frozen from those same gpu-lets)."""
+        states = {s.device.device_id: s for s in self.states}
+        for gpulet in gpulets:
+            state = states.get(gpulet.device_id)
+            if state is None:
+                continue
+            slot = next((s for s in state.slots if s.empty and s.size == gpulet.size), None)
+            if slot is None:
+                continue
+            for model in gpulet.models:
+                demand = keep.get(model.name)
+                if demand is not None:
+                    # Alone and always busy in the old plan: saturated.
+                    saturated = len(gpulet.models) == 1 and gpulet.occupancy >= 1 - 1e-6
+                    slot.tenants.append(Tenant(demand, model.batch, model.rate_rps, saturated))
+            slot.duty_ms = gpulet.duty_cycle_ms if slot.tenants else 0.0
+        for state in self.states:
+            evaluate_device(state, self.perf, self.interference)
+
+    def plan(self, demands: Sequence[ModelDemand], *, everyone: Sequence[ModelDemand] = ()) -> Plan:
+        """Place `demands`; the plan is judged on `everyone` (default: the same demands)."""
         order = sorted(demands, key=lambda d: (d.rate_rps * d.slo_ms, d.name))
         for demand in order:
             self.add_model(demand, demand.rate_rps)
@@ -97,7 +119,7 @@ class Planner:
                 break
             for demand, gap in short:
                 self.add_model(demand, gap)
-        return self.result(order)
+        return self.result(list(everyone) or order)
 
     def result(self, demands: Sequence[ModelDemand]) -> Plan:
         shortfall = {
@@ -159,6 +181,8 @@ class Planner:
             remaining -= self.grow(demand, remaining)
         if remaining > slack and not self.greedy:
             remaining -= self.readjust(demand, remaining)
+        if remaining > slack and not self.greedy and self.merge_residue(demand):
+            remaining -= self.readjust(demand, remaining)  # into the slots the merge freed
         if remaining > slack and self.config.allow_temporal_sharing and not self.greedy:
             remaining -= self.time_share(demand, remaining)
 
@@ -428,6 +452,55 @@ class Planner:
                     self.restore(state, snapshot)
                     evaluate_device(state, self.perf, self.interference)
         return taken
+
+    def merge_residue(self, demand: ModelDemand) -> bool:
+        """Fold a model's residual gpu-lets into the largest of them when it can carry their
+        combined rate (the original's mergeResidue); frees the others. True if it merged."""
+        mine = [
+            (state, slot)
+            for state in self.states
+            for slot in state.slots
+            if len(slot.tenants) == 1
+            and slot.tenants[0].demand.name == demand.name
+            and not slot.tenants[0].saturated
+        ]
+        if len(mine) < 2:
+            return False
+        total = sum(slot.tenants[0].rate_rps for _, slot in mine)
+        keep_state, keep = max(mine, key=lambda c: c[1].size)
+        choice = self.perf.residual(demand.model, keep.size, demand.slo_ms, total)
+        if choice is None or choice.throughput_rps < total - 1e-6:
+            return False
+        states = {id(state): state for state, _ in mine}
+        saved = {
+            key: (
+                list(s.slots),
+                self.snapshot(s),
+                [(x, x.duty_ms, list(x.tenants)) for x in s.slots],
+            )
+            for key, s in states.items()
+        }
+        for state, slot in mine:
+            if slot is not keep:
+                slot.tenants.clear()
+                slot.duty_ms = 0.0
+                if not self.frozen and not state.used():
+                    state.slots[:] = [Slot(state.full_size)]
+        keep.tenants[0].rate_rps = total
+        if all(evaluate_device(s, self.perf, self.interference) is None for s in states.values()):
+            self.explanation.append(
+                f"{demand.name}: merged {len(mine)} residual gpu-lets into one of "
+                f"{keep.size:g} on {keep_state.device.device_id}"
+            )
+            return True
+        for key, state in states.items():
+            slots, snapshot, contents = saved[key]
+            state.slots[:] = slots
+            for slot, duty, tenants in contents:
+                slot.duty_ms, slot.tenants[:] = duty, tenants
+            self.restore(state, snapshot)
+            evaluate_device(state, self.perf, self.interference)
+        return False
 
     def time_share(self, demand: ModelDemand, remaining: float) -> float:
         """Join gpu-lets with spare time, one batch per duty cycle each (allocateTimeShare)."""
