@@ -27,6 +27,9 @@ from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 SCHEDULERS = ("temporal", "greedy", "gpulet", "gpulet+int", "ideal")
 IDEAL_MAX_CASES = 3000
+# Homogeneous layouts are tried on small clusters only: there one layout choice decides much of
+# the capacity, while on large ones each costs a full plan and the adaptive variants can adapt.
+HOMOGENEOUS_MAX_DEVICES = 16
 # Below this gain from splitting one device, a model gets whole devices in that variant: the
 # measured a100-class co-location slowdown has median 1.31 (router/scheduling/data).
 SPLIT_GAIN_FOR_WHOLE = 1.3  # layout combinations the ideal search will try before it refuses
@@ -94,7 +97,12 @@ def portfolio(
     for policy in policies:
         yield Planner(name, devices, policy, interference, perf=perf).plan(demands)
     profile = devices[0].profile
-    for layout in layouts(profile.sizes, profile.full_size, config.max_gpulets_per_device):
+    homogeneous = (
+        layouts(profile.sizes, profile.full_size, config.max_gpulets_per_device)
+        if len(devices) <= HOMOGENEOUS_MAX_DEVICES
+        else []
+    )
+    for layout in homogeneous:
         if len(layout) < 2:
             continue  # whole devices only: what the variants above already try first
         for policy in policies[:2]:
