@@ -17,7 +17,8 @@ from common.models import CATALOG, model_names
 from common.modelzoo.cache import onnx_path
 from tests.support.system import RunningSystem
 
-pytestmark = pytest.mark.timeout(180)
+# The first system on a fresh machine measures its CPU profile (~30 s) before it is ready.
+pytestmark = pytest.mark.timeout(300)
 LONG_SLO_MS = 30_000
 
 

@@ -79,7 +79,7 @@ class RunningSystem:
             args, env=env, start_new_session=True, preexec_fn=die_with_parent
         )
 
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
+    def wait_ready(self, timeout_s: float = 240.0) -> None:
         def ready() -> bool:
             for name, proc in self.processes.items():
                 if proc.poll() is not None:
