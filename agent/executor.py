@@ -3,12 +3,27 @@ or the `SimulatedExecutor` (profiled latencies on timers) implement it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from common import frames
 from common.cluster import GpuletStatus
+from common.errors import Unavailable
 from common.placement import GpuletSpec
+
+T = TypeVar("T")
+
+
+def serving(
+    gpulets: Mapping[str, T], gpulet_id: str, model: str, spec_of: Callable[[T], GpuletSpec]
+) -> T:
+    """The gpulet a batch is for, if it is here and serves `model`; else 503 saying which."""
+    found = gpulets.get(gpulet_id)
+    if found is None:
+        raise Unavailable(f"no gpulet {gpulet_id} on this agent", gpulet=gpulet_id)
+    if model not in spec_of(found).model_names:
+        raise Unavailable(f"gpulet {gpulet_id} does not serve {model}", gpulet=gpulet_id)
+    return found
 
 
 class GpuletExecutor(Protocol):

@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from agent.executor import serving
 from common import frames
 from common.cluster import DeviceInfo, GpuletState, GpuletStatus
 from common.errors import BackendFailed, BadRequest, DeadlinePassed, Overloaded, Unavailable
@@ -297,11 +298,7 @@ class SimulatedExecutor:
         tensors: dict[str, frames.Array],
         deadline_monotonic_s: float,
     ) -> frames.Frame:
-        gpulet = self.gpulets.get(gpulet_id)
-        if gpulet is None:
-            raise Unavailable(f"no gpulet {gpulet_id} on this agent", gpulet=gpulet_id)
-        if model not in gpulet.spec.model_names:
-            raise Unavailable(f"gpulet {gpulet_id} does not serve {model}", gpulet=gpulet_id)
+        gpulet = serving(self.gpulets, gpulet_id, model, lambda g: g.spec)
         if gpulet.state != "ready":
             raise Unavailable(f"gpulet {gpulet_id} is {gpulet.state}: {gpulet.error}",
                               gpulet=gpulet_id, retry_after_s=1.0)  # fmt: skip

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from agent.executor import serving
 from agent.worker import WorkerConfig, worker_main
 from common import frames
 from common.cluster import GpuletState, GpuletStatus
@@ -369,11 +370,7 @@ class Supervisor:
         tensors: dict[str, frames.Array],
         deadline_monotonic_s: float,
     ) -> frames.Frame:
-        slot = self.slots.get(gpulet_id)
-        if slot is None:
-            raise Unavailable(f"no gpulet {gpulet_id} on this agent", gpulet=gpulet_id)
-        if model not in slot.spec.model_names:
-            raise Unavailable(f"gpulet {gpulet_id} does not serve {model}", gpulet=gpulet_id)
+        slot = serving(self.slots, gpulet_id, model, lambda s: s.spec)
         return await slot.run(model, tensors, deadline_monotonic_s)
 
     def statuses(self) -> list[GpuletStatus]:
