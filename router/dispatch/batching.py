@@ -1,0 +1,125 @@
+"""The batching decision for one gpu-let (pure): what to send now, what to drop, when to look again.
+
+`decide(queue, now_ms, plan, turn, busy_until_ms)` sees the queued requests and the gpu-let's plan
+(per model: planned batch size and predicted latency per batch; the duty cycle) and returns:
+    1. drops: requests that cannot meet their deadline even alone, starting as soon as the
+       gpu-let is free: start + L̂(own items) > deadline (eager deadline drop: answered 504 now,
+       never run);
+    2. a batch to send now, when the gpu-let is free and the model's batch is full, or the oldest
+       request has waited a whole duty cycle (the Nexus/gpu-let batching window), or waiting any
+       longer would make the oldest late: start + L̂(batch) ≥ its deadline − slack;
+       the batch is the longest FIFO prefix within the planned batch size whose every request
+       still meets its deadline;
+    3. otherwise the time to decide again.
+Models sharing a gpu-let take turns: from `turn` on, the first model with a batch to send goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Decide this much before the last moment: the agent hop and the worker wake-up take time.
+DISPATCH_SLACK_MS = 1.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    request_id: str
+    model: str
+    items: int  # rows of the request's batch axis
+    arrived_ms: float
+    deadline_ms: float
+
+
+@dataclass(frozen=True)
+class ModelTurn:
+    model: str
+    batch_size: int  # planned; a batch never holds more items
+    latency_ms: tuple[float, ...]  # predicted L̂ for 1..len items (index b - 1)
+
+    def predict(self, items: int) -> float:
+        """L̂ for `items`; past the table, the last entry per item (linear, never optimistic)."""
+        if items <= len(self.latency_ms):
+            return self.latency_ms[items - 1]
+        last = self.latency_ms[-1]
+        return last * items / len(self.latency_ms)
+
+
+@dataclass(frozen=True)
+class GpuletPlanView:
+    duty_cycle_ms: float
+    models: tuple[ModelTurn, ...]
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    model: str | None  # the model of the batch to send now, if any
+    dispatch: tuple[str, ...]  # request ids of that batch, in order
+    drop: tuple[str, ...]  # request ids to answer 504 now
+    wake_at_ms: float | None  # decide again then (None: only when something arrives)
+    next_turn: int
+
+
+def decide(
+    queue: Sequence[Pending],
+    now_ms: float,
+    plan: GpuletPlanView,
+    turn: int = 0,
+    busy_until_ms: float = 0.0,
+) -> BatchDecision:
+    start_ms = max(now_ms, busy_until_ms)
+    turns = {t.model: t for t in plan.models}
+    drops: list[str] = []
+    by_model: dict[str, list[Pending]] = {t.model: [] for t in plan.models}
+    for request in sorted(queue, key=lambda r: (r.arrived_ms, r.request_id)):
+        model = turns.get(request.model)
+        if model is None or start_ms + model.predict(request.items) > request.deadline_ms:
+            drops.append(request.request_id)  # 1. cannot make it even alone
+        else:
+            by_model[request.model].append(request)
+
+    wake_at: float | None = None
+    ready: list[tuple[ModelTurn, list[Pending]]] = []
+    for model in plan.models:
+        waiting = by_model[model.model]
+        if not waiting:
+            continue
+        batch = _feasible_prefix(waiting, model, start_ms)
+        items = sum(r.items for r in batch)
+        full = items >= model.batch_size or len(batch) < len(waiting)
+        oldest = waiting[0]
+        window_ends = oldest.arrived_ms + plan.duty_cycle_ms
+        latest_start = min(r.deadline_ms for r in batch) - model.predict(items) - DISPATCH_SLACK_MS
+        if now_ms >= busy_until_ms and (full or now_ms >= window_ends or now_ms >= latest_start):
+            ready.append((model, batch))
+        else:
+            when = max(busy_until_ms, min(window_ends, latest_start))
+            wake_at = when if wake_at is None else min(wake_at, when)
+
+    if not ready:
+        return BatchDecision(None, (), tuple(drops), wake_at, turn)
+    order = [t.model for t in plan.models]
+    count = len(order)
+    chosen = min(ready, key=lambda c: (order.index(c[0].model) - turn) % count)
+    next_turn = (order.index(chosen[0].model) + 1) % count
+    ids = tuple(r.request_id for r in chosen[1])
+    return BatchDecision(chosen[0].model, ids, tuple(drops), now_ms, next_turn)
+
+
+def _feasible_prefix(
+    waiting: Sequence[Pending], model: ModelTurn, start_ms: float
+) -> list[Pending]:
+    """The longest FIFO prefix within the batch size whose every request meets its deadline."""
+    best: list[Pending] = []
+    items = 0
+    earliest_deadline = float("inf")
+    for request in waiting:
+        if items + request.items > model.batch_size and best:
+            break
+        items += request.items
+        earliest_deadline = min(earliest_deadline, request.deadline_ms)
+        if start_ms + model.predict(items) > earliest_deadline:
+            break
+        best.append(request)
+    return best or [waiting[0]]

@@ -1,0 +1,154 @@
+"""The dispatcher's pure policies: the batching decision, admission and routing weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.dispatch.admission import Verdict, admit
+from router.dispatch.batching import (
+    DISPATCH_SLACK_MS,
+    BatchDecision,
+    GpuletPlanView,
+    ModelTurn,
+    Pending,
+    decide,
+)
+from router.dispatch.weights import RouteLoad, pick
+
+pytestmark = pytest.mark.timeout(30)
+
+# L̂(b) = 10 + 5·b ms for b = 1..8; batch size 4; duty cycle 40 ms.
+A = ModelTurn("a", 4, tuple(10.0 + 5.0 * b for b in range(1, 9)))
+B = ModelTurn("b", 2, tuple(2.0 * b for b in range(1, 9)))
+ONE = GpuletPlanView(duty_cycle_ms=40.0, models=(A,))
+SHARED = GpuletPlanView(duty_cycle_ms=40.0, models=(A, B))
+
+
+def req(rid: str, arrived: float, deadline: float, model: str = "a", items: int = 1) -> Pending:
+    return Pending(rid, model, items, arrived, deadline)
+
+
+@pytest.mark.parametrize(
+    ("queue", "now", "busy_until", "expected"),
+    [
+        pytest.param([], 0.0, 0.0, BatchDecision(None, (), (), None, 0), id="empty"),
+        # One request, window not over (arrived 0 + duty 40), deadline far: wait until 40.
+        pytest.param([req("r1", 0, 500)], 5.0, 0.0,
+                     BatchDecision(None, (), (), 40.0, 0), id="wait-for-window"),
+        # The window is over: send what there is.
+        pytest.param([req("r1", 0, 500)], 40.0, 0.0,
+                     BatchDecision("a", ("r1",), (), 40.0, 0), id="window-over"),
+        # Full batch (4 items): send at once.
+        pytest.param([req(f"r{i}", i, 500) for i in range(4)], 4.0, 0.0,
+                     BatchDecision("a", ("r0", "r1", "r2", "r3"), (), 4.0, 0), id="full"),
+        # More waiting than fit: the first 4 go now.
+        pytest.param([req(f"r{i}", i, 500) for i in range(6)], 6.0, 0.0,
+                     BatchDecision("a", ("r0", "r1", "r2", "r3"), (), 6.0, 0), id="overfull"),
+        # Deadline sooner than the window: latest start = 50 - L̂(1)=15 - slack.
+        pytest.param([req("r1", 0, 50)], 5.0, 0.0,
+                     BatchDecision(None, (), (), 35.0 - DISPATCH_SLACK_MS, 0), id="deadline-wake"),
+        pytest.param([req("r1", 0, 50)], 34.5, 0.0,
+                     BatchDecision("a", ("r1",), (), 34.5, 0), id="deadline-send"),
+        # Cannot make it even alone: 30 + L̂(1) = 45 > 40: dropped at once, never run.
+        pytest.param([req("late", 0, 40), req("ok", 1, 500)], 30.0, 0.0,
+                     BatchDecision(None, (), ("late",), 41.0, 0), id="eager-drop"),
+        # Busy until 60: nothing goes before then; the drop counts from when it is free.
+        pytest.param([req("r1", 0, 70), req("r2", 1, 500)], 10.0, 60.0,
+                     BatchDecision(None, (), ("r1",), 60.0, 0), id="busy-drop-and-wait"),
+        # Unknown model on this gpu-let: dropped, not stuck.
+        pytest.param([req("x", 0, 500, model="zzz")], 0.0, 0.0,
+                     BatchDecision(None, (), ("x",), None, 0), id="unknown-model"),
+    ],
+)  # fmt: skip
+def test_decide_single_model(
+    queue: list[Pending], now: float, busy_until: float, expected: BatchDecision
+) -> None:
+    assert decide(queue, now, ONE, 0, busy_until) == expected
+
+
+def test_batch_shrinks_to_the_prefix_whose_deadlines_hold() -> None:
+    # r0 has a tight deadline: with 3 items L̂ = 25 > 22, with 2 items L̂ = 20 ≤ 22.
+    queue = [req("r0", 0, 22), req("r1", 0, 500), req("r2", 0, 500)]
+    decision = decide(queue, 0.0, ONE)
+    assert decision.dispatch == ("r0", "r1")
+    assert decision.drop == ()
+
+
+def test_multi_item_requests_count_items_not_requests() -> None:
+    queue = [req("big", 0, 500, items=3), req("small", 1, 500, items=2)]
+    decision = decide(queue, 1.0, ONE)
+    assert decision.dispatch == ("big",)  # 3 + 2 > 4: the second waits for the next batch
+
+
+def test_shared_gpulet_models_take_turns() -> None:
+    queue = [req("a1", 0, 500), req("b1", 0, 500, model="b")]
+    first = decide(queue, 40.0, SHARED, turn=0)
+    assert (first.model, first.dispatch, first.next_turn) == ("a", ("a1",), 1)
+    second = decide([q for q in queue if q.request_id not in first.dispatch], 40.0, SHARED,
+                    turn=first.next_turn)  # fmt: skip
+    assert (second.model, second.dispatch, second.next_turn) == ("b", ("b1",), 0)
+    # With b's turn first, b goes before a even though a arrived at the same time.
+    assert decide(queue, 40.0, SHARED, turn=1).model == "b"
+
+
+def test_prediction_past_the_table_is_linear_not_optimistic() -> None:
+    assert A.predict(8) == 50.0
+    assert A.predict(16) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("slo", "best", "queued", "verdict", "code"),
+    [
+        (100.0, 20.0, 0, Verdict.OK, None),
+        (100.0, None, 0, Verdict.OK, None),  # no profile: nothing to judge by
+        (10.0, 20.0, 0, Verdict.NEVER, "slo_unattainable"),
+        (100.0, 20.0, 64, Verdict.LATER, "overloaded"),
+        (10.0, 20.0, 64, Verdict.NEVER, "slo_unattainable"),  # NEVER wins over LATER
+    ],
+)
+def test_admission(
+    slo: float, best: float | None, queued: int, verdict: Verdict, code: str | None
+) -> None:
+    result = admit("m", slo, best, queued, 64, retry_after_s=1.0)
+    assert result.verdict is verdict
+    if code is None:
+        assert result.error is None
+    else:
+        assert result.error is not None and result.error.code == code
+        body = result.error.to_body()["error"]
+        if code == "slo_unattainable":
+            assert result.error.status == 422 and body["best_achievable_ms"] == best
+        else:
+            assert result.error.status == 503 and body["limit"] == 64
+            assert result.error.retry_after_s == 1.0
+
+
+@pytest.mark.parametrize(
+    ("routes", "expected"),
+    [
+        ([RouteLoad("g1", 100, 0), RouteLoad("g2", 100, 0)], "g1"),  # tie: plan order
+        ([RouteLoad("g1", 100, 5), RouteLoad("g2", 100, 0)], "g2"),
+        # g2 planned 3x the rate: it may hold ~3x the work before g1 is preferred.
+        ([RouteLoad("g1", 100, 1), RouteLoad("g2", 300, 4)], "g2"),
+        ([RouteLoad("g1", 100, 1), RouteLoad("g2", 300, 6)], "g1"),
+        ([RouteLoad("g1", 0, 0), RouteLoad("g2", 10, 0)], "g2"),
+    ],
+)
+def test_pick_weights_by_planned_throughput(routes: list[RouteLoad], expected: str) -> None:
+    assert pick(routes) == expected
+
+
+def test_pick_shares_in_proportion_over_time() -> None:
+    planned = {"g1": 100.0, "g2": 300.0}
+    outstanding = {"g1": 0, "g2": 0}
+    sent = {"g1": 0, "g2": 0}
+    for _ in range(400):  # nothing completes: the shares follow planned rates alone
+        chosen = pick([RouteLoad(g, planned[g], outstanding[g]) for g in planned])
+        outstanding[chosen] += 1
+        sent[chosen] += 1
+    assert sent == {"g1": 100, "g2": 300}
+
+
+def test_pick_needs_a_route() -> None:
+    with pytest.raises(ValueError):
+        pick([])
