@@ -70,7 +70,7 @@ class RouterSettings(CommonSettings):
         description="a request's deadline is its slo_ms (else the model default) times this",
     )
     max_inflight_per_gpulet: int = Field(
-        default=256, ge=1, description="requests in flight per gpulet before 503 overloaded"
+        default=256, ge=1, description="items queued per gpulet before 503 overloaded"
     )
     agent_connections: int = Field(default=256, ge=1, description="pooled connections per agent")
     reconcile_interval_s: float = Field(

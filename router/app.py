@@ -26,7 +26,8 @@ from common.store import Store
 from router import codec
 from router.agent_client import AgentClient
 from router.control import Controller
-from router.routing import InflightCounter
+from router.dispatch.dispatcher import Dispatcher
+from router.dispatch.views import best_latency_ms, plan_view
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,14 @@ def create_app(
         scheduler=settings.scheduler,
         rates_rps=parse_rates(settings.rates, models),
     )
-    inflight = InflightCounter(settings.max_inflight_per_gpulet, settings.retry_after_s)
+    dispatcher = Dispatcher(
+        client,
+        queue_limit_items=settings.max_inflight_per_gpulet,
+        retry_after_s=settings.retry_after_s,
+        views=lambda route: plan_view(route, controller.profile),
+        best_latency_ms=lambda model: best_latency_ms(controller.profile, model),
+    )
+    controller.on_table = dispatcher.follow
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,6 +129,7 @@ def create_app(
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
+            await dispatcher.close()
             await client.close()
             logger.info("router stopped")
 
@@ -173,15 +182,10 @@ def create_app(
             parsed = codec.decode_request(data, models, max_batch=settings.max_batch)
             slo_ms = parsed.slo_ms or parsed.model.default_slo_ms
             deadline_ms = min(slo_ms * settings.deadline_factor, settings.max_deadline_ms)
-            route = inflight.acquire(controller.table, parsed.model.name)
-            try:
-                remaining_s = deadline_ms / 1000 - (time.monotonic() - received)
-                reply = await client.run(
-                    route.agent_url, route.gpulet.gpulet_id, parsed.model.name,
-                    parsed.inputs, remaining_s, request_id,
-                )  # fmt: skip
-            finally:
-                inflight.release(route)
+            result = await dispatcher.submit(
+                parsed.model.name, parsed.inputs, parsed.batch, slo_ms,
+                (received * 1000) + deadline_ms, request_id,
+            )  # fmt: skip
         except GpuletError as exc:
             if exc.status >= 500:
                 logger.warning("request_id=%s %s: %s", request_id, exc.code, exc.message)
@@ -193,11 +197,12 @@ def create_app(
         body: dict[str, Any] = {
             "model": parsed.model.name,
             "id": request_id,
-            "outputs": codec.encode_outputs(reply.tensors, parsed.form),
+            "outputs": codec.encode_outputs(result.outputs, parsed.form),
             "latency_ms": round(latency_ms, 3),
-            "gpulet": route.gpulet.gpulet_id,
+            "gpulet": result.gpulet_id,
+            "batch": result.batch_items,
         }
-        if reply.header.get("simulated"):
+        if result.simulated:
             body["simulated"] = True  # outputs of the right shape, not a model's answer
         return Response(codec.dumps(body), media_type="application/json",
                         headers={"X-Request-Id": request_id})  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from common.cluster import AgentInfo
 from common.errors import GpuletError
@@ -47,6 +47,10 @@ class Controller:
         self.scheduler = scheduler
         self.interval_s = interval_s
         self._planned: tuple[object, Placement | None] | None = None
+        # The profile the current plan was made on (None: static rule); the dispatcher predicts
+        # batch latencies and admission judges SLOs from it.
+        self.profile: DeviceProfile | None = None
+        self.on_table: Callable[[RoutingTable], None] | None = None
         self.table = RoutingTable(EMPTY_PLACEMENT)
         self.agents: list[AgentInfo] = []
         self.changed = asyncio.Event()  # set after every step, for waiters such as /readyz tests
@@ -75,6 +79,8 @@ class Controller:
                 ",".join(sorted(table.ready_models())) or "-",
             )  # fmt: skip
         self.table = table
+        if self.on_table is not None:
+            self.on_table(table)
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -116,6 +122,7 @@ class Controller:
         if found is None:
             return static_placement(agents, self.models)
         profile = DeviceProfile.from_json(found[0])
+        self.profile = profile
         live = plan_live(agents, profile, self.slos_ms, self.rates_rps, self.scheduler)
         if live is None:
             fallback = static_placement(agents, self.models)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from common.errors import Overloaded, Unavailable
 from common.placement import GpuletSpec, Placement
 
 
@@ -39,41 +38,3 @@ def build_table(
         for model in gpulet.model_names:
             routes.setdefault(model, []).append(Route(gpulet, url))
     return RoutingTable(placement, {m: tuple(r) for m, r in routes.items()})
-
-
-class InflightCounter:
-    """Requests in flight per gpulet; picks the least-loaded ready gpulet of a model."""
-
-    def __init__(self, limit_per_gpulet: int, retry_after_s: float) -> None:
-        self.limit = limit_per_gpulet
-        self.retry_after_s = retry_after_s
-        self.inflight: dict[str, int] = {}
-
-    def acquire(self, table: RoutingTable, model: str) -> Route:
-        routes = table.routes.get(model, ())
-        if not routes:
-            raise Unavailable(
-                f"no ready gpulet serves {model} yet; retry shortly",
-                model=model,
-                retry_after_s=self.retry_after_s,
-            )
-        best = min(routes, key=lambda r: self.inflight.get(r.gpulet.gpulet_id, 0))
-        count = self.inflight.get(best.gpulet.gpulet_id, 0)
-        if count >= self.limit:
-            raise Overloaded(
-                f"every gpulet of {model} has {self.limit} requests in flight",
-                model=model,
-                queued=count,
-                limit=self.limit,
-                retry_after_s=self.retry_after_s,
-            )
-        self.inflight[best.gpulet.gpulet_id] = count + 1
-        return best
-
-    def release(self, route: Route) -> None:
-        gpulet_id = route.gpulet.gpulet_id
-        left = self.inflight.get(gpulet_id, 1) - 1
-        if left > 0:
-            self.inflight[gpulet_id] = left
-        else:
-            self.inflight.pop(gpulet_id, None)

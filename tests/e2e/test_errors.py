@@ -75,12 +75,27 @@ def test_body_over_the_limit_is_413_before_it_is_parsed(system: RunningSystem) -
     assert answer.body["error"]["limit_bytes"] == BODY_LIMIT_BYTES
 
 
-def test_deadline_shorter_than_the_model_is_504(system: RunningSystem) -> None:
+def test_slo_below_the_best_achievable_is_422_with_that_number(system: RunningSystem) -> None:
     image = np.zeros((1, 3, 224, 224), np.float32)
     inputs = {"input": {"shape": list(image.shape), "dtype": "float32",
                         "data": base64.b64encode(image.tobytes()).decode()}}  # fmt: skip
     answer = system.post("/v1/infer", {"model": "resnet50", "inputs": inputs, "slo_ms": 1})
+    assert (answer.status, answer.code) == (422, "slo_unattainable")
+    assert answer.body["error"]["best_achievable_ms"] > 1
+    assert "at least" in answer.body["error"]["message"]
+
+
+def test_a_batch_that_cannot_meet_its_deadline_is_504_without_running(
+    system: RunningSystem,
+) -> None:
+    # One bert_mini item takes a few ms (so slo 20 is admitted); 32 items take far more than
+    # the 40 ms deadline (slo x 2): the dispatcher drops it before it runs.
+    ids = [[1] * 128] * 32
+    body = {"model": "bert_mini", "inputs": {"input_ids": ids, "attention_mask": ids},
+            "slo_ms": 20}  # fmt: skip
+    answer = system.post("/v1/infer", body)
     assert (answer.status, answer.code) == (504, "deadline_exceeded")
+    assert "before running" in answer.body["error"]["message"]
     # The system is fine afterwards.
     after = system.post("/v1/infer", {"model": "noop", "inputs": {"input": [NOOP_ROW]}})
     assert after.status == 200

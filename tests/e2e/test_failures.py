@@ -169,3 +169,28 @@ def test_the_pair_is_placed_by_the_planner_on_the_measured_profile(pair: Running
     # Planned for the largest equal rate the cores carry: each model gets at least that rate.
     assert min(planned.values()) > 0
     assert all(g["duty_cycle_ms"] > 0 for g in placement["gpulets"])
+
+
+async def test_concurrent_requests_ride_in_planned_batches(pair: RunningSystem) -> None:
+    placement = pair.get("/v1/cluster").body["placement"]
+    planned = max(
+        m["batch_size"]
+        for g in placement["gpulets"]
+        for m in g["models"]
+        if m["name"] == "resnet18"
+    )
+    if planned < 2:
+        pytest.skip(f"this machine's profile plans resnet18 at batch {planned}: nothing to batch")
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> dict[str, Any]:
+            async with session.post(f"{pair.url}/v1/infer", data=resnet_body(i)) as response:
+                assert response.status == 200, await response.text()
+                answer: dict[str, Any] = await response.json()
+                return answer
+
+        answers = await asyncio.gather(*(one(i) for i in range(2 * planned)))
+    batches = [a["batch"] for a in answers]
+    assert max(batches) >= 2, batches
+    assert max(batches) <= planned, batches
+    assert sorted(a["id"] for a in answers) == sorted(f"r{i}" for i in range(2 * planned))

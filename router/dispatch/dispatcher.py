@@ -1,0 +1,270 @@
+"""The dispatcher (I/O): one queue per gpu-let, batches formed by `batching.decide` and sent.
+
+A request is admitted (admission.py), routed to a gpu-let of its model (weights.py), and waits in
+that gpu-let's queue. The queue's loop asks `decide` what to do: drops are answered 504 at once;
+a batch is concatenated along the batch axis, sent to the agent as one frame without blocking the
+loop, and its outputs are split back to the requests. Until a batch is predicted done, the
+gpu-let counts as busy, so the next batch forms meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common import frames
+from common.errors import DeadlinePassed, GpuletError, Unavailable
+from router.agent_client import AgentClient
+from router.dispatch.admission import Verdict, admit
+from router.dispatch.batching import GpuletPlanView, Pending, decide
+from router.dispatch.weights import RouteLoad, pick
+from router.routing import Route, RoutingTable
+
+logger = logging.getLogger(__name__)
+
+GUARD_S = 1.0  # past the deadline, a request still unanswered is failed by `submit` itself
+
+
+@dataclass
+class Entry:
+    pending: Pending
+    inputs: dict[str, frames.Array]
+    future: asyncio.Future[Answer]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a batch gives back to each of its requests."""
+
+    outputs: dict[str, frames.Array]
+    batch_items: int  # items run together in the batch this request rode in
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    outputs: dict[str, frames.Array]
+    gpulet_id: str
+    batch_items: int
+    simulated: bool
+
+
+class GpuletQueue:
+    """Requests waiting for one gpu-let; its loop batches them on the plan's duty cycle."""
+
+    def __init__(
+        self,
+        route: Route,
+        view: GpuletPlanView,
+        client: AgentClient,
+        clock: Callable[[], float],
+    ) -> None:
+        self.route = route
+        self.view = view
+        self.client = client
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}
+        self.queued_items = 0
+        self.inflight_items = 0
+        self.turn = 0
+        self.busy_until_ms = 0.0
+        self.closing = False
+        self._wakeup = asyncio.Event()
+        self._sends: set[asyncio.Task[None]] = set()
+        self.task = asyncio.create_task(self._loop(), name=f"queue-{route.gpulet.gpulet_id}")
+
+    @property
+    def outstanding_items(self) -> int:
+        return self.queued_items + self.inflight_items
+
+    def submit(self, entry: Entry) -> None:
+        self.entries[entry.pending.request_id] = entry
+        self.queued_items += entry.pending.items
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        """Stop taking work, let what is queued and in flight finish, then stop."""
+        self.closing = True
+        self._wakeup.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not (self.closing and not self.entries):
+            try:
+                wake_at = self._step()
+            except Exception:  # a bug here must not strand the queue's requests
+                logger.exception("gpulet=%s batching step failed", self.route.gpulet.gpulet_id)
+                self._fail_all(GpuletError("internal error while batching; see the router log"))
+                wake_at = None
+            self._wakeup.clear()
+            if wake_at == -1.0:
+                continue  # sent a batch: decide again at once
+            timeout = None if wake_at is None else max(0.0, wake_at / 1000 - self.clock())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+
+    def _step(self) -> float | None:
+        """One decision; -1 after sending, else when to decide again (ms, monotonic)."""
+        now_ms = self.clock() * 1000
+        decision = decide(
+            [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
+            self.busy_until_ms,
+        )  # fmt: skip
+        for request_id in decision.drop:
+            entry = self._take(request_id)
+            if not entry.future.done():
+                entry.future.set_exception(
+                    DeadlinePassed(
+                        f"{entry.pending.model} cannot finish before its deadline; dropped "
+                        "before running",
+                        gpulet=self.route.gpulet.gpulet_id,
+                    )
+                )
+        if decision.model is None:
+            return decision.wake_at_ms
+        batch = [self._take(request_id) for request_id in decision.dispatch]
+        items = sum(e.pending.items for e in batch)
+        turn = next(t for t in self.view.models if t.model == decision.model)
+        self.busy_until_ms = max(self.busy_until_ms, now_ms) + turn.predict(items)
+        self.turn = decision.next_turn
+        self.inflight_items += items
+        task = asyncio.create_task(self._send(decision.model, batch, items))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+        return -1.0
+
+    def _take(self, request_id: str) -> Entry:
+        entry = self.entries.pop(request_id)
+        self.queued_items -= entry.pending.items
+        return entry
+
+    async def _send(self, model: str, batch: list[Entry], items: int) -> None:
+        try:
+            inputs = {
+                name: np.concatenate([e.inputs[name] for e in batch], axis=0)
+                if len(batch) > 1
+                else batch[0].inputs[name]
+                for name in batch[0].inputs
+            }
+            deadline_s = min(e.pending.deadline_ms for e in batch) / 1000
+            reply = await self.client.run(
+                self.route.agent_url, self.route.gpulet.gpulet_id, model, inputs,
+                deadline_s - self.clock(), batch[0].pending.request_id,
+            )  # fmt: skip
+            offset = 0
+            for entry in batch:
+                rows = entry.pending.items
+                mine = {k: v[offset : offset + rows] for k, v in reply.tensors.items()}
+                offset += rows
+                if not entry.future.done():
+                    entry.future.set_result(
+                        Answer(mine, items, bool(reply.header.get("simulated")))
+                    )
+        except GpuletError as exc:
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+        except Exception as exc:
+            logger.exception("gpulet=%s batch failed unexpectedly", self.route.gpulet.gpulet_id)
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(GpuletError(f"internal error: {type(exc).__name__}"))
+        finally:
+            self.inflight_items -= items
+            self._wakeup.set()
+
+    def _fail_all(self, error: GpuletError) -> None:
+        for request_id in list(self.entries):
+            entry = self._take(request_id)
+            if not entry.future.done():
+                entry.future.set_exception(error)
+
+
+@dataclass
+class Dispatcher:
+    """Admits, routes and queues requests; follows the routing table the control loop builds."""
+
+    client: AgentClient
+    queue_limit_items: int
+    retry_after_s: float
+    views: Callable[[Route], GpuletPlanView]
+    best_latency_ms: Callable[[str], float | None]
+    clock: Callable[[], float] = time.monotonic
+    queues: dict[str, GpuletQueue] = field(default_factory=dict)
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    _routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
+
+    def follow(self, table: RoutingTable) -> None:
+        """Queues for the table's gpu-lets; queues of gpu-lets gone drain in the background."""
+        self._routes = table.routes
+        wanted = {r.gpulet.gpulet_id: r for routes in table.routes.values() for r in routes}
+        for gpulet_id, queue in list(self.queues.items()):
+            if gpulet_id not in wanted or queue.route != wanted[gpulet_id]:
+                del self.queues[gpulet_id]
+                asyncio.get_running_loop().create_task(queue.close())
+        for gpulet_id, route in wanted.items():
+            if gpulet_id not in self.queues:
+                self.queues[gpulet_id] = GpuletQueue(route, self.views(route), self.client,
+                                                     self.clock)  # fmt: skip
+
+    async def submit(
+        self, model: str, inputs: dict[str, frames.Array], items: int, slo_ms: float,
+        deadline_ms: float, request_id: str,
+    ) -> Result:  # fmt: skip
+        queues = [self.queues[r.gpulet.gpulet_id] for r in self._routes.get(model, ())
+                  if r.gpulet.gpulet_id in self.queues]  # fmt: skip
+        if not queues:
+            self.count(model, "unavailable")
+            raise Unavailable(f"no ready gpulet serves {model} yet; retry shortly", model=model,
+                              retry_after_s=self.retry_after_s)  # fmt: skip
+        queued = sum(q.queued_items for q in queues)
+        verdict = admit(model, slo_ms, self.best_latency_ms(model), queued,
+                        self.queue_limit_items * len(queues), self.retry_after_s)  # fmt: skip
+        if verdict.verdict is not Verdict.OK:
+            assert verdict.error is not None
+            self.count(model, verdict.error.code)
+            raise verdict.error
+        loads = [RouteLoad(q.route.gpulet.gpulet_id, _planned(q.route, model), q.outstanding_items)
+                 for q in queues]  # fmt: skip
+        queue = self.queues[pick(loads)]
+        future: asyncio.Future[Answer]
+        future = asyncio.get_running_loop().create_future()
+        arrived_ms = self.clock() * 1000
+        queue.submit(Entry(Pending(request_id, model, items, arrived_ms, deadline_ms), inputs,
+                           future))  # fmt: skip
+        try:
+            # The queue answers every request by its deadline; this guard only keeps a stalled
+            # queue (a bug) from hanging the client.
+            async with asyncio.timeout(max(0.0, deadline_ms / 1000 - self.clock()) + GUARD_S):
+                answer = await future
+        except TimeoutError:
+            self.count(model, "deadline_exceeded")
+            raise DeadlinePassed(f"{model}: no answer before the deadline", model=model) from None
+        except GpuletError as exc:
+            self.count(model, exc.code)
+            raise
+        self.count(model, "ok")
+        return Result(answer.outputs, queue.route.gpulet.gpulet_id, answer.batch_items,
+                      answer.simulated)  # fmt: skip
+
+    def count(self, model: str, outcome: str) -> None:
+        per_model = self.outcomes.setdefault(model, {})
+        per_model[outcome] = per_model.get(outcome, 0) + 1
+
+    async def close(self) -> None:
+        queues, self.queues = list(self.queues.values()), {}
+        await asyncio.gather(*(q.close() for q in queues), return_exceptions=True)
+
+
+def _planned(route: Route, model: str) -> float:
+    return next((m.planned_rps for m in route.gpulet.models if m.name == model), 0.0)
