@@ -272,9 +272,13 @@ def gpulet_up(models: Sequence[str], log_path: Path) -> Iterator[str]:
     port = free_port()
     args = [sys.executable, "-m", "common.cli", "up", "--models", ",".join(models),
             "--port", str(port), "--no-build"]  # fmt: skip
+    # The static rule: one gpu-let per model, batch 1, no batching window. This benchmark
+    # measures the serving path, not the planner's duty-cycle batching (which, by design, lets a
+    # lone request wait up to its gpu-let's duty cycle to gather a batch).
+    env = {**os.environ, "GPULET_SCHEDULER": "static"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

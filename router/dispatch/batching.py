@@ -5,9 +5,12 @@
     1. drops: requests that cannot meet their deadline even alone, starting as soon as the
        gpu-let is free: start + L̂(own items) > deadline (eager deadline drop: answered 504 now,
        never run);
-    2. a batch to send now, when the gpu-let is free and the model's batch is full, or the oldest
-       request has waited a whole duty cycle (the Nexus/gpu-let batching window), or waiting any
-       longer would make the oldest late: start + L̂(batch) ≥ its deadline − slack;
+    2. a batch to send now, when the model's batch is full, or the oldest request has waited a
+       whole duty cycle (the Nexus/gpu-let batching window), or waiting any longer would make
+       the oldest late: start + L̂(batch) ≥ its deadline − slack. A batch is sent even while the
+       gpu-let is still busy: it queues at the worker, which then never idles between batches
+       (holding it back by a margin-inflated prediction would); `busy_until_ms` only dates the
+       start that deadlines are judged by;
        the batch is the longest FIFO prefix within the planned batch size whose every request
        still meets its deadline;
     3. otherwise the time to decide again.
@@ -91,10 +94,10 @@ def decide(
         oldest = waiting[0]
         window_ends = oldest.arrived_ms + plan.duty_cycle_ms
         latest_start = min(r.deadline_ms for r in batch) - model.predict(items) - DISPATCH_SLACK_MS
-        if now_ms >= busy_until_ms and (full or now_ms >= window_ends or now_ms >= latest_start):
+        if full or now_ms >= window_ends or now_ms >= latest_start:
             ready.append((model, batch))
         else:
-            when = max(busy_until_ms, min(window_ends, latest_start))
+            when = min(window_ends, latest_start)
             wake_at = when if wake_at is None else min(wake_at, when)
 
     if not ready:

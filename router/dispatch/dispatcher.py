@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from router.routing import Route, RoutingTable
 
 logger = logging.getLogger(__name__)
 
+SENT = -1.0  # `_step`'s answer after sending a batch: decide again at once
 GUARD_S = 1.0  # past the deadline, a request still unanswered is failed by `submit` itself
 
 
@@ -83,10 +85,16 @@ class GpuletQueue:
     def outstanding_items(self) -> int:
         return self.queued_items + self.inflight_items
 
-    def submit(self, entry: Entry) -> None:
+    def submit(self, entry: Entry) -> Awaitable[None] | None:
+        """Queue `entry`; returns the send to await inline when it goes out alone at once."""
         self.entries[entry.pending.request_id] = entry
         self.queued_items += entry.pending.items
-        self._wakeup.set()
+        # Decide at once: a request that completes a batch goes out without waiting for the
+        # loop to wake (the loop still handles windows and deadlines).
+        try:
+            return self._step(inline_for=entry.pending.request_id)[1]
+        finally:
+            self._wakeup.set()
 
     async def close(self) -> None:
         """Stop taking work, let what is queued and in flight finish, then stop."""
@@ -100,21 +108,26 @@ class GpuletQueue:
     async def _loop(self) -> None:
         while not (self.closing and not self.entries):
             try:
-                wake_at = self._step()
+                wake_at, _ = self._step()
             except Exception:  # a bug here must not strand the queue's requests
                 logger.exception("gpulet=%s batching step failed", self.route.gpulet.gpulet_id)
                 self._fail_all(GpuletError("internal error while batching; see the router log"))
                 wake_at = None
             self._wakeup.clear()
-            if wake_at == -1.0:
+            if wake_at == SENT:
                 continue  # sent a batch: decide again at once
             timeout = None if wake_at is None else max(0.0, wake_at / 1000 - self.clock())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
 
-    def _step(self) -> float | None:
-        """One decision; -1 after sending, else when to decide again (ms, monotonic)."""
+    def _step(
+        self, inline_for: str | None = None
+    ) -> tuple[float | None, Coroutine[Any, Any, None] | None]:
+        """One decision: (SENT, None) after sending, else (when to decide again, ms monotonic,
+        None). With `inline_for`, a batch of just that request comes back unsent, as (SENT, the
+        send) for its caller to await: one task fewer on the common path, and a cancelled
+        caller can only lose its own request."""
         now_ms = self.clock() * 1000
         decision = decide(
             [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
@@ -131,17 +144,19 @@ class GpuletQueue:
                     )
                 )
         if decision.model is None:
-            return decision.wake_at_ms
+            return decision.wake_at_ms, None
         batch = [self._take(request_id) for request_id in decision.dispatch]
         items = sum(e.pending.items for e in batch)
         turn = next(t for t in self.view.models if t.model == decision.model)
         self.busy_until_ms = max(self.busy_until_ms, now_ms) + turn.predict(items)
         self.turn = decision.next_turn
         self.inflight_items += items
+        if inline_for is not None and decision.dispatch == (inline_for,):
+            return SENT, self._send(decision.model, batch, items)
         task = asyncio.create_task(self._send(decision.model, batch, items))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
-        return -1.0
+        return SENT, None
 
     def _take(self, request_id: str) -> Entry:
         entry = self.entries.pop(request_id)
@@ -240,8 +255,11 @@ class Dispatcher:
         future: asyncio.Future[Answer]
         future = asyncio.get_running_loop().create_future()
         arrived_ms = self.clock() * 1000
-        queue.submit(Entry(Pending(request_id, model, items, arrived_ms, deadline_ms), inputs,
-                           future))  # fmt: skip
+        inline = queue.submit(
+            Entry(Pending(request_id, model, items, arrived_ms, deadline_ms), inputs, future)
+        )
+        if inline is not None:
+            await inline  # sets `future`
         try:
             # The queue answers every request by its deadline; this guard only keeps a stalled
             # queue (a bug) from hanging the client.

@@ -52,9 +52,13 @@ def req(rid: str, arrived: float, deadline: float, model: str = "a", items: int 
         # Cannot make it even alone: 30 + L̂(1) = 45 > 40: dropped at once, never run.
         pytest.param([req("late", 0, 40), req("ok", 1, 500)], 30.0, 0.0,
                      BatchDecision(None, (), ("late",), 41.0, 0), id="eager-drop"),
-        # Busy until 60: nothing goes before then; the drop counts from when it is free.
+        # Busy until 60: the drop counts from when it is free (60 + 15 > 70); r2 waits for its
+        # window (1 + 40), not for the gpu-let: a batch may queue behind a running one.
         pytest.param([req("r1", 0, 70), req("r2", 1, 500)], 10.0, 60.0,
-                     BatchDecision(None, (), ("r1",), 60.0, 0), id="busy-drop-and-wait"),
+                     BatchDecision(None, (), ("r1",), 41.0, 0), id="busy-drop-and-wait"),
+        # Busy, but the batch is full: it goes now, to queue at the worker.
+        pytest.param([req(f"r{i}", 0, 500) for i in range(4)], 10.0, 60.0,
+                     BatchDecision("a", ("r0", "r1", "r2", "r3"), (), 10.0, 0), id="busy-full"),
         # Unknown model on this gpu-let: dropped, not stuck.
         pytest.param([req("x", 0, 500, model="zzz")], 0.0, 0.0,
                      BatchDecision(None, (), ("x",), None, 0), id="unknown-model"),
