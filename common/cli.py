@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_planning(sub)
 
+    from loadgen.cli import add_parser as add_loadgen
+
+    add_loadgen(sub)
+
     models = sub.add_parser("models", help="build or list the model zoo's ONNX files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     build = models_sub.add_parser("build", help="build missing or stale models")
@@ -100,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from router.scheduling.commands import run as run_planning
 
         return run_planning(args)
+    if args.command == "loadgen":
+        from loadgen.cli import run as run_loadgen
+
+        return run_loadgen(args)
     if args.command == "models":
         return _models_command(args)
     if args.command == "profile":
