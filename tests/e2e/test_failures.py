@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import logging
 import os
 import signal
@@ -38,9 +40,10 @@ def pair(redis_url: str, model_dir: Path) -> Iterator[RunningSystem]:
     yield from running(redis_url, model_dir, models=("resnet18", "noop"))
 
 
-def resnet_body(i: int) -> bytes:
-    image = np.zeros((1, 3, 224, 224), np.float32)
-    inputs = {"input": {"shape": [1, 3, 224, 224], "dtype": "float32", "data": image.reshape(-1)}}
+def resnet_body(i: int, items: int = 1) -> bytes:
+    image = np.zeros((items, 3, 224, 224), np.float32)
+    data = base64.b64encode(image.tobytes()).decode()
+    inputs = {"input": {"shape": list(image.shape), "dtype": "float32", "data": data}}
     return orjson.dumps(
         {"model": "resnet18", "inputs": inputs, "slo_ms": SLO_MS, "id": f"r{i}"},
         option=orjson.OPT_SERIALIZE_NUMPY,
@@ -63,7 +66,7 @@ async def load(
         while queue:
             body = queue.pop()
             sent = time.monotonic()
-            async with session.post(f"{url}/v1/infer", data=body) as response:
+            async with session.post(f"{url}/v1/infer", data=io.BytesIO(body)) as response:
                 payload = await response.json()
             code = payload.get("error", {}).get("code") if response.status != 200 else None
             answers.append((response.status, code, time.monotonic() - sent))
@@ -78,8 +81,10 @@ async def load(
 async def test_sigkill_of_a_worker_under_load(pair: RunningSystem) -> None:
     victim = gpulet_of(pair, "resnet18")
     started = asyncio.Event()
+    # 4 images a request: no two share a planned batch, so each is a full batch of its own and
+    # goes to the worker at once; batches are then always queued there when the kill lands.
     traffic = asyncio.create_task(
-        load(pair.url, [resnet_body(i) for i in range(120)], 8, started, after=10)
+        load(pair.url, [resnet_body(i, items=4) for i in range(60)], 8, started, after=6)
     )
     async with asyncio.timeout(60):
         await started.wait()
