@@ -17,7 +17,7 @@ from aiohttp import web
 from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
-from agent.profiling import NO_PROFILE, ensure_agent_profile
+from agent.profiling import NO_PROFILE, SIMULATED_KEY, ensure_agent_profile
 from agent.simulated import SimulatedExecutor
 from agent.supervisor import Supervisor
 from common.cluster import AgentInfo, DeviceInfo
@@ -91,7 +91,12 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         port = _bound_port(site, settings.agent_port)
         agent_id = settings.agent_id or f"{socket.gethostname()}-{port}"
         url = settings.agent_advertise_url or f"http://{settings.agent_host}:{port}"
-        info = AgentInfo(agent_id, url, socket.gethostname(), os.getpid(), devices, time.time())
+        info = AgentInfo(
+            agent_id, url, socket.gethostname(), os.getpid(), devices, time.time(),
+            # Simulated GPUs are their named profile: nothing to measure.
+            profile_key=f"{SIMULATED_KEY}{settings.simulated_profile}"
+            if settings.simulated_profile else None,
+        )  # fmt: skip
         state = runner.app[STATE_KEY]
         state.info = info
         await store.heartbeat(info, [], settings.heartbeat_ttl_s)

@@ -22,6 +22,19 @@ def _models_arg(text: str) -> tuple[str, ...]:
     return names
 
 
+def _up_models(text: str | None, simulated: str | None) -> tuple[str, ...]:
+    if simulated is None:
+        return _models_arg(text) if text else tuple(model_names())
+    from common.profiles import find_profile
+
+    known = find_profile(simulated).models()
+    names = tuple(n.strip() for n in text.split(",") if n.strip()) if text else known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"profile {simulated} has no models {unknown}; it has {list(known)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpulet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start Redis, an agent and the router; Ctrl-C stops all")
     up.add_argument("--host", default="127.0.0.1", help="router address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="router port (default 8000)")
-    up.add_argument("--models", type=_models_arg, default=tuple(model_names()),
-                    help="comma-separated models to serve (default: all)")  # fmt: skip
+    up.add_argument("--models", default=None,
+                    help="comma-separated models to serve (default: all; with --simulated, "
+                    "the profile's)")  # fmt: skip
     up.add_argument("--agent-port", type=int, default=0, help="agent port (default: any free)")
     up.add_argument("--no-build", action="store_true", help="do not build missing models")
+    up.add_argument("--simulated", default=None, metavar="PROFILE",
+                    help="simulated GPUs of a measured profile instead of CPU workers")  # fmt: skip
+    up.add_argument("--devices", type=int, default=1, help="simulated GPUs (with --simulated)")
 
     sub.add_parser("router", help="run the router (settings from GPULET_* variables)")
     agent = sub.add_parser("agent", help="run an agent on this host (GPULET_* variables)")
@@ -75,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = CommonSettings()
         configure_logging(settings.log_level, process_name="up")
-        options = UpOptions(args.host, args.port, args.models, args.agent_port, not args.no_build)
+        models = _up_models(args.models, args.simulated)
+        options = UpOptions(args.host, args.port, models, args.agent_port,
+                            not args.no_build and not args.simulated, args.simulated,
+                            args.devices)  # fmt: skip
         return run_up(options, settings)
     if args.command == "router":
         from router.main import run as run_router

@@ -95,3 +95,18 @@ CATALOG: dict[str, ModelSpec] = {
 
 def model_names() -> list[str]:
     return sorted(CATALOG)
+
+
+# Models that only a device profile knows (vgg16, densenet201, ... on simulated GPUs) have no
+# ONNX file here; they take one 3x224x224 image and give 1000 scores, the convention the load
+# generator sends, and the simulated device answers with outputs of this shape.
+PROFILE_MODEL_SLO_MS = 100.0
+
+
+def profile_model_spec(name: str, slo_ms: float = PROFILE_MODEL_SLO_MS) -> ModelSpec:
+    return _image_model(name, slo_ms, f"{name} (from a device profile; simulated)")
+
+
+def spec_for(name: str) -> ModelSpec:
+    """The catalog's spec, else the profile-model convention."""
+    return CATALOG.get(name) or profile_model_spec(name)

@@ -32,12 +32,20 @@ class CommonSettings(BaseSettings):
     models: str = Field(
         default="", description="comma-separated models to serve; empty: every catalog model"
     )
+    simulated_profile: str | None = Field(
+        default=None, description="serve simulated GPUs of this measured profile, not CPU workers"
+    )
 
     def model_list(self) -> list[str]:
         from common.models import CATALOG
 
         names = [n.strip() for n in self.models.split(",") if n.strip()] or sorted(CATALOG)
         unknown = [n for n in names if n not in CATALOG]
+        if unknown and self.simulated_profile:
+            from common.profiles import find_profile
+
+            known = set(find_profile(self.simulated_profile).models())
+            unknown = [n for n in unknown if n not in known]
         if unknown:
             raise ValueError(
                 f"GPULET_MODELS names unknown models {unknown}; the catalog has {sorted(CATALOG)}"
@@ -52,6 +60,10 @@ class RouterSettings(CommonSettings):
     scheduler: str = Field(
         default="gpulet+int",
         description="planner: gpulet+int, gpulet, greedy, temporal, ideal, or static (no profile)",
+    )
+    slos: str = Field(
+        default="",
+        description="SLO per model in ms, e.g. 'resnet50=108,vgg16=142'; others keep the default",
     )
     rates: str = Field(
         default="",
@@ -105,8 +117,5 @@ class AgentSettings(CommonSettings):
     worker_ping_timeout_s: float = Field(default=10.0, gt=0)
     max_pending_per_gpulet: int = Field(
         default=512, ge=1, description="batches queued at a worker before 503 overloaded"
-    )
-    simulated_profile: str | None = Field(
-        default=None, description="serve simulated GPUs of this measured profile, not CPU workers"
     )
     simulated_devices: int = Field(default=1, ge=1, description="how many simulated GPUs")

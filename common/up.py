@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from common import redis_server
-from common.models import CATALOG, ModelSpec
+from common.models import CATALOG, ModelSpec, spec_for
 from common.procs import die_with_parent, stop_process
 from common.settings import CommonSettings
 
@@ -46,6 +46,8 @@ class UpOptions:
     models: tuple[str, ...]
     agent_port: int
     build: bool
+    simulated: str | None = None  # a profile name: simulated GPUs instead of CPU workers
+    devices: int = 1
 
 
 class Child:
@@ -64,7 +66,7 @@ class Child:
 
 
 def run_up(options: UpOptions, settings: CommonSettings) -> int:
-    unknown = [m for m in options.models if m not in CATALOG]
+    unknown = [m for m in options.models if m not in CATALOG and not options.simulated]
     if unknown:
         print(f"unknown models {unknown}; choose from {sorted(CATALOG)}", file=sys.stderr)
         return 2
@@ -86,6 +88,9 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
             "GPULET_MODEL_DIR": str(settings.model_dir),
             "GPULET_MODELS": ",".join(options.models),
         }
+        if options.simulated:
+            env["GPULET_SIMULATED_PROFILE"] = options.simulated
+            env["GPULET_SIMULATED_DEVICES"] = str(options.devices)
         gpulet = [sys.executable, "-m", "common.cli"]
         children.append(
             Child("agent", [*gpulet, "agent"],
@@ -100,7 +105,7 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
         if not _wait_ready(base, children, stopping):
             return 1
         for name in options.models:
-            _warm_up(base, CATALOG[name])
+            _warm_up(base, spec_for(name))
         print_banner(base, options.models)
         while not stopping.is_set():
             dead = [c.name for c in children if not c.alive()]
@@ -181,7 +186,7 @@ def example_request(models: Sequence[str]) -> dict[str, Any]:
                 "model": name,
                 "inputs": {t.name: np.ones((1, *t.item_shape), t.dtype) for t in spec.inputs},
             }
-    spec = CATALOG[models[0]]
+    spec = spec_for(models[0])
     return {
         "model": spec.name,
         "inputs": {

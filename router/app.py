@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import BadRequest, GpuletError, PayloadTooLarge, Unavailable
-from common.models import CATALOG, ModelSpec
+from common.models import ModelSpec, spec_for
 from common.settings import RouterSettings
 from common.store import Store
 from router import codec
@@ -40,24 +41,32 @@ INFER_EXAMPLE = {
 
 
 def served_models(settings: RouterSettings) -> dict[str, ModelSpec]:
-    return {n: CATALOG[n] for n in settings.model_list()}
+    """The served models' specs; GPULET_SLOS overrides their default SLOs."""
+    names = settings.model_list()
+    specs = {n: spec_for(n) for n in names}
+    slos = parse_per_model(settings.slos, set(names), "GPULET_SLOS", "ms")
+    return {n: replace(s, default_slo_ms=slos.get(n, s.default_slo_ms)) for n, s in specs.items()}
 
 
 def parse_rates(text: str, models: dict[str, ModelSpec]) -> dict[str, float]:
     """'resnet18=20,noop=500' -> {"resnet18": 20.0, "noop": 500.0}; errors name the fix."""
-    rates: dict[str, float] = {}
+    return parse_per_model(text, set(models), "GPULET_RATES", "req_per_s")
+
+
+def parse_per_model(text: str, names: set[str], variable: str, unit: str) -> dict[str, float]:
+    values: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, value = part.partition("=")
+        name, _, raw = part.partition("=")
         try:
-            rate = float(value)
+            value = float(raw)
         except ValueError:
-            raise ValueError(f"GPULET_RATES part {part!r}: use model=req_per_s") from None
-        if name.strip() not in models or rate < 0:
+            raise ValueError(f"{variable} part {part!r}: use model={unit}") from None
+        if name.strip() not in names or value < 0:
             raise ValueError(
-                f"GPULET_RATES part {part!r}: model must be one of {sorted(models)}, rate >= 0"
+                f"{variable} part {part!r}: model must be one of {sorted(names)}, value >= 0"
             )
-        rates[name.strip()] = rate
-    return rates
+        values[name.strip()] = value
+    return values
 
 
 def error_response(error: GpuletError, request_id: str | None = None) -> Response:

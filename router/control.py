@@ -16,14 +16,17 @@ from collections.abc import Callable, Mapping
 from common.cluster import AgentInfo
 from common.errors import GpuletError
 from common.placement import EMPTY_PLACEMENT, Placement
-from common.profiles import DeviceProfile
+from common.profiles import DeviceProfile, find_profile
 from common.store import Store
 from router.agent_client import AgentClient
 from router.placement_rule import static_placement
 from router.routing import RoutingTable, build_table
+from router.scheduling.interference import InterferenceModel
 from router.scheduling.live import plan_live
+from router.scheduling.offline import interference_for
 
 STATIC = "static"
+SIMULATED_KEY = "sim:"  # agents of simulated GPUs advertise "sim:<profile name>"
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +121,20 @@ class Controller:
         if len(keys) > 1:
             logger.warning("agents measured %d different profiles; planning on %s", len(keys),
                            keys[0])  # fmt: skip
-        found = await self.store.profile(keys[0])
-        if found is None:
-            return static_placement(agents, self.models)
-        profile = DeviceProfile.from_json(found[0])
+        interference: InterferenceModel | None = None
+        if keys[0].startswith(SIMULATED_KEY):
+            profile = find_profile(keys[0].removeprefix(SIMULATED_KEY))
+            interference, _ = interference_for(profile)
+        else:
+            found = await self.store.profile(keys[0])
+            if found is None:
+                return static_placement(agents, self.models)
+            profile = DeviceProfile.from_json(found[0])
         self.profile = profile
-        live = plan_live(agents, profile, self.slos_ms, self.rates_rps, self.scheduler)
+        live = plan_live(
+            agents, profile, self.slos_ms, self.rates_rps, self.scheduler,
+            interference=interference,
+        )  # fmt: skip
         if live is None:
             fallback = static_placement(agents, self.models)
             why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "

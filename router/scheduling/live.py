@@ -34,12 +34,20 @@ class LivePlan:
 def cpu_devices(
     agents: Sequence[AgentInfo], profile: DeviceProfile
 ) -> tuple[list[Device], dict[str, tuple[int, ...]]]:
-    """Every CPU device of the agents (the profile sized to its cores), and its core ids."""
+    """The agents' devices the profile describes, and each one's core ids (CPU only).
+
+    CPU devices get the profile sized to their own cores; simulated GPUs take it whole.
+    """
     devices = []
     cores_of: dict[str, tuple[int, ...]] = {}
     for agent in sorted(agents, key=lambda a: a.agent_id):
         for info in agent.devices:
-            if info.kind != "cpu" or not info.cores:
+            if info.kind == "simulated" and profile.kind != "cpu":
+                device_id = f"{agent.agent_id}/{info.device_id}"
+                devices.append(Device(device_id, agent.agent_id, profile))
+                cores_of[device_id] = ()
+                continue
+            if info.kind != "cpu" or not info.cores or profile.kind != "cpu":
                 continue
             cores = float(len(info.cores))
             sized = replace(
@@ -94,17 +102,24 @@ def to_placement(
     agents = {d.device_id: d.agent_id for d in devices}
     gpulets = []
     next_core: dict[str, int] = {}
+    count: dict[str, int] = {}
     for gpulet in sorted(result.gpulets, key=lambda g: (g.device_id, -g.size)):
         device = by_id[gpulet.device_id]
-        start = next_core.get(device.device_id, 0)
-        count = int(gpulet.size)
-        cores = list(cores_of[device.device_id])[start : start + count]
-        next_core[device.device_id] = start + count
         agent_id = agents[device.device_id]
         device_name = device.device_id.split("/", 1)[1]
+        index = count.get(device.device_id, 0)
+        count[device.device_id] = index + 1
+        if cores_of[device.device_id]:  # a CPU: the next contiguous cores
+            start = next_core.get(device.device_id, 0)
+            cores = list(cores_of[device.device_id])[start : start + int(gpulet.size)]
+            next_core[device.device_id] = start + int(gpulet.size)
+            gpulet_id = f"{agent_id}.{device_name}.c{'_'.join(map(str, cores))}"
+        else:  # a GPU share: its size is the partition
+            cores = []
+            gpulet_id = f"{agent_id}.{device_name}.p{index}"
         gpulets.append(
             GpuletSpec(
-                gpulet_id=f"{agent_id}.{device_name}.c{'_'.join(map(str, cores))}",
+                gpulet_id=gpulet_id,
                 agent_id=agent_id,
                 device_id=device_name,
                 cores=tuple(cores),

@@ -96,3 +96,23 @@ def test_parse_rates(text: str, expected: dict[str, float]) -> None:
 def test_parse_rates_rejects_with_the_fix(text: str) -> None:
     with pytest.raises(ValueError, match="GPULET_RATES"):
         parse_rates(text, served_models(RouterSettings()))
+
+
+def test_simulated_gpus_are_planned_as_shares_of_the_whole_profile() -> None:
+    from common.profiles import find_profile
+
+    profile = find_profile("a100-class")
+    sims = tuple(DeviceInfo(f"sim{i}", "simulated", ()) for i in range(2))
+    agent_info = AgentInfo("s", "http://s", "host", 1, sims, time.time())
+    live = plan_live([agent_info], profile, {"resnet50": 108.0, "vgg16": 142.0},
+                     {"resnet50": 400.0, "vgg16": 200.0}, "gpulet+int")  # fmt: skip
+    assert live is not None and live.plan.feasible
+    for gpulet in live.placement.gpulets:
+        assert gpulet.cores == () and gpulet.device_id in ("sim0", "sim1")
+        assert gpulet.size in profile.sizes
+        assert gpulet.gpulet_id.startswith(f"s.{gpulet.device_id}.p")
+    ids = [g.gpulet_id for g in live.placement.gpulets]
+    assert len(ids) == len(set(ids))
+    # The CPU profile never plans on simulated GPUs, nor the GPU profile on CPU cores.
+    assert cpu_devices([agent_info], cpu_profile(2))[0] == []
+    assert cpu_devices([agent("a", (0, 1))], profile)[0] == []
