@@ -29,6 +29,7 @@ from router.agent_client import AgentClient
 from router.control import Controller
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
+from router.rates import RateMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def create_app(
         best_latency_ms=lambda model: best_latency_ms(controller.profile, model),
     )
     controller.on_table = dispatcher.follow
+    arrivals = RateMonitor()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,6 +191,7 @@ def create_app(
             if isinstance(data.get("id"), str):
                 request_id = data["id"]
             parsed = codec.decode_request(data, models, max_batch=settings.max_batch)
+            arrivals.record(parsed.model.name, received * 1000)
             slo_ms = parsed.slo_ms or parsed.model.default_slo_ms
             deadline_ms = min(slo_ms * settings.deadline_factor, settings.max_deadline_ms)
             result = await dispatcher.submit(
@@ -219,11 +222,13 @@ def create_app(
     @app.get("/v1/models", summary="Served models, their signatures and readiness")
     async def list_models() -> Response:
         ready = controller.table.ready_models()
-        return Response(
-            codec.dumps({"models": [model_json(spec, spec.name in ready)
-                                    for spec in models.values()]}),
-            media_type="application/json",
-        )  # fmt: skip
+        rates = arrivals.rates(time.monotonic() * 1000)
+        listed = [
+            model_json(spec, spec.name in ready, dispatcher.outcomes.get(spec.name),
+                       rates.get(spec.name, 0.0))
+            for spec in models.values()
+        ]  # fmt: skip
+        return Response(codec.dumps({"models": listed}), media_type="application/json")
 
     @app.get("/v1/cluster", summary="Agents, devices, gpulets and the placement, from Redis")
     async def cluster() -> Response:
@@ -257,7 +262,12 @@ def create_app(
     return app
 
 
-def model_json(spec: ModelSpec, ready: bool) -> dict[str, Any]:
+def model_json(
+    spec: ModelSpec,
+    ready: bool,
+    outcomes: dict[str, int] | None = None,
+    measured_rps: float = 0.0,
+) -> dict[str, Any]:
     def tensors(ts: tuple[Any, ...]) -> list[dict[str, Any]]:
         return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
 
@@ -268,4 +278,7 @@ def model_json(spec: ModelSpec, ready: bool) -> dict[str, Any]:
         "outputs": tensors(spec.outputs),
         "default_slo_ms": spec.default_slo_ms,
         "ready": ready,
+        # Answers by outcome ("ok" or an error code) and the smoothed arrival rate.
+        "outcomes": dict(outcomes or {}),
+        "measured_rps": round(measured_rps, 3),
     }

@@ -89,6 +89,8 @@ def test_models_cluster_and_health_describe_the_running_system(system: RunningSy
     noop = next(m for m in models if m["name"] == "noop")
     assert noop["inputs"] == [{"name": "input", "dtype": "float32", "shape": [-1, 16]}]
     assert noop["default_slo_ms"] == CATALOG["noop"].default_slo_ms
+    assert set(noop["outcomes"]) <= {"ok", "bad_request", "deadline_exceeded", "unavailable"}
+    assert noop["measured_rps"] >= 0
     cluster = system.get("/v1/cluster").body
     [agent] = cluster["agents"]
     assert agent["devices"][0]["kind"] == "cpu"
@@ -124,3 +126,16 @@ async def test_hundreds_of_concurrent_requests_across_models_are_all_answered(
     assert sorted(b["id"] for _, b in answers) == sorted(f"c{i}" for i in range(len(mix)))
     for model, (_, body) in zip(mix, answers, strict=True):
         assert body["model"] == model
+
+
+def test_outcomes_are_counted_per_model(system: RunningSystem) -> None:
+    def count() -> int:
+        models = system.get("/v1/models").body["models"]
+        return int(next(m for m in models if m["name"] == "lenet")["outcomes"].get("ok", 0))
+
+    before = count()
+    for _ in range(3):
+        answer = system.post("/v1/infer", {"model": "lenet",
+                                           "inputs": {"input": [[[[0.0] * 28] * 28]]}})  # fmt: skip
+        assert answer.status == 200
+    assert count() == before + 3
