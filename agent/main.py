@@ -17,10 +17,10 @@ from aiohttp import web
 from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
-from agent.profiling import NO_PROFILE, SIMULATED_KEY, ensure_agent_profile
+from agent.profiling import NO_PROFILE, ensure_agent_profile
 from agent.simulated import SimulatedExecutor
 from agent.supervisor import Supervisor
-from common.cluster import AgentInfo, DeviceInfo
+from common.cluster import SIMULATED_KEY, AgentInfo, DeviceInfo
 from common.profiles import find_profile
 from common.settings import AgentSettings
 from common.store import Store

@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 # Advertised when profiling failed: no profile has this key, so the router uses its static rule.
 NO_PROFILE = "none"
-# Simulated agents advertise "sim:<profile name>": the router loads that shared profile.
-SIMULATED_KEY = "sim:"
 
 
 def profile_key_for(device: DeviceInfo) -> str:

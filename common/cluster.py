@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 GpuletState = Literal["starting", "ready", "restarting", "failed", "stopping"]
 
+# Agents of simulated GPUs advertise profile_key "sim:<profile name>": a shared profile, loaded
+# by name, where CPU agents advertise the store key of the profile they measured.
+SIMULATED_KEY = "sim:"
+
 
 @dataclass(frozen=True)
 class DeviceInfo:

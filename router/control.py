@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from common.cluster import AgentInfo
+from common.cluster import SIMULATED_KEY, AgentInfo
 from common.errors import GpuletError
 from common.placement import EMPTY_PLACEMENT, Placement
 from common.profiles import DeviceProfile, find_profile
@@ -26,7 +26,6 @@ from router.scheduling.live import plan_live
 from router.scheduling.offline import interference_for
 
 STATIC = "static"
-SIMULATED_KEY = "sim:"  # agents of simulated GPUs advertise "sim:<profile name>"
 
 logger = logging.getLogger(__name__)
 

@@ -218,10 +218,14 @@ class Dispatcher:
     queues: dict[str, GpuletQueue] = field(default_factory=dict)
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     _routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
+    # Best achievable latency per model: it changes only with the plan, so it is worked out
+    # once per routing table rather than on every request.
+    _best_ms: dict[str, float | None] = field(default_factory=dict)
 
     def follow(self, table: RoutingTable) -> None:
         """Queues for the table's gpu-lets; queues of gpu-lets gone drain in the background."""
         self._routes = table.routes
+        self._best_ms.clear()
         wanted = {r.gpulet.gpulet_id: r for routes in table.routes.values() for r in routes}
         for gpulet_id, queue in list(self.queues.items()):
             if gpulet_id not in wanted or queue.route != wanted[gpulet_id]:
@@ -243,7 +247,9 @@ class Dispatcher:
             raise Unavailable(f"no ready gpulet serves {model} yet; retry shortly", model=model,
                               retry_after_s=self.retry_after_s)  # fmt: skip
         queued = sum(q.queued_items for q in queues)
-        verdict = admit(model, slo_ms, self.best_latency_ms(model), queued,
+        if model not in self._best_ms:
+            self._best_ms[model] = self.best_latency_ms(model)
+        verdict = admit(model, slo_ms, self._best_ms[model], queued,
                         self.queue_limit_items * len(queues), self.retry_after_s)  # fmt: skip
         if verdict.verdict is not Verdict.OK:
             assert verdict.error is not None
