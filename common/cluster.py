@@ -7,9 +7,23 @@ from typing import Any, Literal
 
 GpuletState = Literal["starting", "ready", "restarting", "failed", "stopping"]
 
-# Agents of simulated GPUs advertise profile_key "sim:<profile name>": a shared profile, loaded
+# Agents of simulated GPUs advertise profile_key "sim:<profile name>" (or "sim:<name>*<k>" when
+# run k times slower than the profile, see `DeviceProfile.time_scaled`): a shared profile, loaded
 # by name, where CPU agents advertise the store key of the profile they measured.
 SIMULATED_KEY = "sim:"
+SCALE_MARK = "*"
+
+
+def simulated_key(profile: str, time_scale: float = 1.0) -> str:
+    return f"{SIMULATED_KEY}{profile}" + (f"{SCALE_MARK}{time_scale:g}" if time_scale != 1 else "")
+
+
+def parse_simulated_key(key: str) -> tuple[str, float] | None:
+    """(profile name, time scale) of a simulated agent's key; None for any other key."""
+    if not key.startswith(SIMULATED_KEY):
+        return None
+    name, mark, scale = key.removeprefix(SIMULATED_KEY).partition(SCALE_MARK)
+    return name, float(scale) if mark else 1.0
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 import tomllib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,26 @@ class DeviceProfile:
                 f"profile {self.name}: {model} measured at sizes {list(sizes)}, not around {size}"
             )
         return sizes[i - 1], sizes[i]
+
+    def time_scaled(self, factor: float) -> DeviceProfile:
+        """The same device run `factor` times slower: every latency times `factor`.
+
+        Simulated benchmarks use it so that a router, agents and load generator sharing a small
+        machine can drive a fast GPU's mix: every rate divides by `factor` and every SLO
+        multiplies by it, so plans, batch sizes and ratios between schedulers stay the same.
+        """
+        if factor <= 0:
+            raise ValueError(f"time scale must be > 0, not {factor}")
+        if factor == 1:
+            return self
+        return replace(
+            self,
+            latency_points={
+                key: tuple((b, ms * factor) for b, ms in points)
+                for key, points in self.latency_points.items()
+            },
+            source=f"{self.source} (latencies x{factor:g})",
+        )
 
     # (de)serialisation, for profiles that agents measure and keep in Redis ----------------
     def to_json(self) -> dict[str, Any]:

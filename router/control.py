@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from common.cluster import SIMULATED_KEY, AgentInfo
+from common.cluster import AgentInfo, parse_simulated_key
 from common.errors import GpuletError
 from common.placement import EMPTY_PLACEMENT, Placement
 from common.profiles import DeviceProfile, find_profile
@@ -121,9 +121,13 @@ class Controller:
             logger.warning("agents measured %d different profiles; planning on %s", len(keys),
                            keys[0])  # fmt: skip
         interference: InterferenceModel | None = None
-        if keys[0].startswith(SIMULATED_KEY):
-            profile = find_profile(keys[0].removeprefix(SIMULATED_KEY))
+        simulated = parse_simulated_key(keys[0])
+        if simulated is not None:
+            name, time_scale = simulated
+            profile = find_profile(name)
+            # Slowdowns are ratios: the fit on the profile holds for its time-scaled copy.
             interference, _ = interference_for(profile)
+            profile = profile.time_scaled(time_scale)
         else:
             found = await self.store.profile(keys[0])
             if found is None:
