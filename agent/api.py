@@ -2,7 +2,8 @@
 
     GET  /v1/health                      liveness and identity
     GET  /v1/gpulets                     state of every gpulet and the placement version applied
-    PUT  /v1/gpulets                     {"version", "gpulets": [GpuletSpec]}: start/stop to match
+    PUT  /v1/gpulets                     {"version", "gpulets": [GpuletSpec], "retiring": [id]}:
+                                         start/stop to match; retiring ones keep draining
     POST /v1/gpulets/{gpulet_id}/run     frame (header: model, timeout_ms, request_id) -> frame
 
 aiohttp rather than FastAPI: this hop carries every request, and a bare aiohttp handler costs
@@ -87,14 +88,16 @@ async def put_gpulets(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         version = int(body["version"])
         specs = [GpuletSpec.from_json(g) for g in body["gpulets"]]
+        retiring = [str(g) for g in body.get("retiring", ())]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"bad gpulet list: {exc!r}") from exc
     foreign = [s.gpulet_id for s in specs if s.agent_id != state.info.agent_id]
     if foreign:
         raise BadRequest(f"gpulets {foreign} are placed on another agent")
-    await state.supervisor.apply(specs)
+    await state.supervisor.apply(specs, retiring)
+    if version != state.applied_version:
+        logger.info("placement version=%d applied gpulets=%d", version, len(specs))
     state.applied_version = version
-    logger.info("placement version=%d applied gpulets=%d", version, len(specs))
     return json_response(
         {"version": version, "gpulets": [s.to_json() for s in state.supervisor.statuses()]},
         status=202,

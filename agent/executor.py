@@ -3,7 +3,7 @@ or the `SimulatedExecutor` (profiled latencies on timers) implement it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from common import frames
@@ -29,8 +29,11 @@ def serving(
 class GpuletExecutor(Protocol):
     async def start(self) -> None: ...
 
-    async def apply(self, specs: Sequence[GpuletSpec]) -> None:
-        """Make the running gpulets equal `specs`: start new ones, stop gone or changed ones."""
+    async def apply(self, specs: Sequence[GpuletSpec], retiring: Collection[str] = ()) -> None:
+        """Make the running gpulets equal `specs`: start new ones, stop gone ones and those whose
+        partition changed (a spec that differs only in batch sizes or rates is taken in place).
+        Gpulets named in `retiring` that run here keep running beside them, not counted in the
+        device's capacity: the router still drains requests from them during a switch."""
         ...
 
     async def run(

@@ -18,9 +18,9 @@ from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
 from agent.profiling import NO_PROFILE, ensure_agent_profile
-from agent.simulated import SimulatedExecutor
+from agent.simulated import SimulatedExecutor, fitted_interference
 from agent.supervisor import Supervisor
-from common.cluster import SIMULATED_KEY, AgentInfo, DeviceInfo
+from common.cluster import AgentInfo, DeviceInfo, simulated_key
 from common.profiles import find_profile
 from common.settings import AgentSettings
 from common.store import Store
@@ -64,7 +64,11 @@ def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], Gpu
     if settings.simulated_profile:
         profile = find_profile(settings.simulated_profile)
         devices = discover_simulated(profile, settings.simulated_devices)
-        return devices, SimulatedExecutor(settings, profile, devices)
+        # Slowdowns are ratios: the interference fitted on the profile holds for its
+        # time-scaled copy (as the router assumes when it plans on the scaled profile).
+        interference = fitted_interference(profile)
+        scaled = profile.time_scaled(settings.sim_time_scale)
+        return devices, SimulatedExecutor(settings, scaled, devices, interference=interference)
     return (discover_cpu(settings.agent_cores),), Supervisor(settings)
 
 
@@ -93,8 +97,8 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         url = settings.agent_advertise_url or f"http://{settings.agent_host}:{port}"
         info = AgentInfo(
             agent_id, url, socket.gethostname(), os.getpid(), devices, time.time(),
-            # Simulated GPUs are their named profile: nothing to measure.
-            profile_key=f"{SIMULATED_KEY}{settings.simulated_profile}"
+            # Simulated GPUs are their named profile (at their time scale): nothing to measure.
+            profile_key=simulated_key(settings.simulated_profile, settings.sim_time_scale)
             if settings.simulated_profile else None,
         )  # fmt: skip
         state = runner.app[STATE_KEY]

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -197,6 +197,7 @@ class SimulatedGpulet:
     running: _Batch | None = None
     free_at_s: float = 0.0  # when the last started batch ends as scheduled
     waiting: int = 0  # callers waiting on a batch (what max_pending bounds)
+    retiring: bool = False  # replaced: drains what the router still sends, then is stopped
 
     def status(self) -> GpuletStatus:
         return GpuletStatus(
@@ -238,12 +239,20 @@ class SimulatedExecutor:
     async def start(self) -> None:
         self._timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
 
-    async def apply(self, specs: Sequence[GpuletSpec]) -> None:
+    async def apply(self, specs: Sequence[GpuletSpec], retiring: Collection[str] = ()) -> None:
+        """See `GpuletExecutor.apply`. A retiring gpulet still runs (and interferes) but its
+        share is free for the gpulets that replace it, as MPS limits may add up past 100 %."""
         wanted = {s.gpulet_id: s for s in specs}
         for gpulet_id, gpulet in list(self.gpulets.items()):
-            if wanted.get(gpulet_id) != gpulet.spec:
-                self._stop(gpulet)
-                logger.info("gpulet=%s stopped (no longer desired)", gpulet_id)
+            spec = wanted.get(gpulet_id)
+            if spec is not None and spec.partition() == gpulet.spec.partition():
+                gpulet.spec, gpulet.retiring = spec, False
+                continue
+            if spec is None and gpulet_id in retiring:
+                gpulet.retiring = True
+                continue
+            self._stop(gpulet)
+            logger.info("gpulet=%s stopped (no longer desired)", gpulet_id)
         for gpulet_id, spec in wanted.items():
             if gpulet_id in self.gpulets:
                 continue
@@ -265,7 +274,7 @@ class SimulatedExecutor:
         if spec.device_id not in self._by_device:
             return f"no simulated device {spec.device_id!r} here; devices: {list(self.device_ids)}"
         full = self.profile.full_size
-        used = sum(g.spec.size for g in self._by_device[spec.device_id])
+        used = sum(g.spec.size for g in self._by_device[spec.device_id] if not g.retiring)
         if not 0 < spec.size <= full - used:
             return (
                 f"size {spec.size:g} does not fit device {spec.device_id}: "

@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -348,15 +348,20 @@ class Supervisor:
             return
         slot.connected.set_result((reader, writer))
 
-    async def apply(self, specs: Sequence[GpuletSpec]) -> None:
-        """Make the running gpulets equal `specs`: start new ones, stop gone or changed ones."""
+    async def apply(self, specs: Sequence[GpuletSpec], retiring: Collection[str] = ()) -> None:
+        """See `GpuletExecutor.apply`."""
         async with self._apply_lock:
             wanted = {s.gpulet_id: s for s in specs}
             for gpulet_id, slot in list(self.slots.items()):
-                if wanted.get(gpulet_id) != slot.spec:
-                    del self.slots[gpulet_id]
-                    await slot.stop()
-                    logger.info("gpulet=%s stopped (no longer desired)", gpulet_id)
+                spec = wanted.get(gpulet_id)
+                if spec is not None and spec.partition() == slot.spec.partition():
+                    slot.spec = spec
+                    continue
+                if spec is None and gpulet_id in retiring:
+                    continue
+                del self.slots[gpulet_id]
+                await slot.stop()
+                logger.info("gpulet=%s stopped (no longer desired)", gpulet_id)
             for gpulet_id, spec in wanted.items():
                 if gpulet_id not in self.slots:
                     slot = WorkerSlot(spec, self)

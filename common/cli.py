@@ -6,12 +6,18 @@ Settings are built here and passed down.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.logs import configure_logging
 from common.models import CATALOG, model_names
 from common.settings import AgentSettings, CommonSettings, RouterSettings
+
+if TYPE_CHECKING:
+    from common.up import UpOptions
 
 
 def _models_arg(text: str) -> tuple[str, ...]:
@@ -35,6 +41,66 @@ def _up_models(text: str | None, simulated: str | None) -> tuple[str, ...]:
     return names
 
 
+def up_options(args: argparse.Namespace) -> UpOptions:
+    """`gpulet up`'s flags, over a `--scenario`'s models, SLOs and devices where one is given.
+
+    SLOs go to the router as GPULET_SLOS, times the time scale: the scenario's, else (time
+    scale K != 1) every model's default, since a device K times slower needs SLOs K times
+    longer for the same plan. Usage errors exit with a message that names the fix.
+    """
+    from common.models import spec_for
+    from common.scenarios import load_scenario
+    from common.up import UpOptions
+
+    scenario = None
+    if args.scenario is not None:
+        try:
+            scenario = load_scenario(args.scenario)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"gpulet up --scenario: {exc}") from None
+        if scenario.kind not in ("simulated", "cpu"):
+            raise SystemExit(f"gpulet up serves simulated and cpu scenarios; {scenario.name} "
+                             f"is {scenario.kind!r}")  # fmt: skip
+        renamed = [m.name for m in scenario.models if m.name != m.model]
+        if renamed:
+            raise SystemExit(f"gpulet up serves each model once under its own name; "
+                             f"{scenario.name} has instances {renamed}")  # fmt: skip
+    simulated = args.simulated
+    if simulated is None and scenario is not None and scenario.simulated:
+        simulated = scenario.profile_name
+    from_scenario = scenario is not None and scenario.simulated
+    devices = args.devices or (scenario.devices if scenario and from_scenario else 1)
+    if args.time_scale <= 0:
+        raise SystemExit(f"--time-scale must be > 0, not {args.time_scale:g}")
+    if args.time_scale != 1 and simulated is None:
+        raise SystemExit("--time-scale slows simulated GPUs: add --simulated PROFILE or a "
+                         "simulated --scenario")  # fmt: skip
+    scenario_models = ",".join(m.model for m in scenario.models) if scenario else None
+    models = _up_models(args.models or scenario_models, simulated)
+    slos = {m.model: m.slo_ms for m in scenario.models} if scenario else {}
+    if args.time_scale != 1:
+        is_sim = simulated is not None
+        slos = {n: slos.get(n, spec_for(n, simulated=is_sim).default_slo_ms) for n in models}
+    cores = None
+    if scenario is not None and scenario.kind == "cpu" and simulated is None:
+        cores = _first_cores(scenario.devices)
+    return UpOptions(
+        args.host, args.port, models, args.agent_port,
+        build=not args.no_build and simulated is None, simulated=simulated, devices=devices,
+        time_scale=args.time_scale,
+        slos_ms={n: ms * args.time_scale for n, ms in slos.items() if n in models},
+        agent_cores=cores,
+    )  # fmt: skip
+
+
+def _first_cores(count: int) -> str:
+    """The first `count` cores this process may use, as GPULET_AGENT_CORES: a cpu scenario's."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < count:
+        raise SystemExit(f"the scenario wants {count} cores; this process may use {allowed}")
+    return ",".join(str(c) for c in allowed[:count])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpulet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-build", action="store_true", help="do not build missing models")
     up.add_argument("--simulated", default=None, metavar="PROFILE",
                     help="simulated GPUs of a measured profile instead of CPU workers")  # fmt: skip
-    up.add_argument("--devices", type=int, default=1, help="simulated GPUs (with --simulated)")
+    up.add_argument("--devices", type=int, default=None,
+                    help="simulated GPUs (with --simulated; default 1)")  # fmt: skip
+    up.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                    help="simulated GPUs run K times slower than their profile: rates / K, "
+                    "SLOs x K, the same plans (default 1)")  # fmt: skip
+    up.add_argument("--scenario", type=Path, default=None, metavar="PATH",
+                    help="serve a scenario file's models with its SLOs (x K), on its simulated "
+                    "GPUs or its cores; the flags above override it")  # fmt: skip
 
     sub.add_parser("router", help="run the router (settings from GPULET_* variables)")
     agent = sub.add_parser("agent", help="run an agent on this host (GPULET_* variables)")
@@ -58,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--simulated", default=None, metavar="PROFILE",
                        help="serve simulated GPUs of a profile, e.g. a100-class")  # fmt: skip
     agent.add_argument("--devices", type=int, default=None, help="simulated GPUs (default 1)")
+    agent.add_argument("--time-scale", type=float, default=None, metavar="K",
+                       help="simulated GPUs run K times slower than their profile")  # fmt: skip
 
     from router.scheduling.commands import add_parsers as add_planning
 
@@ -88,15 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "up":
-        from common.up import UpOptions, run_up
+        from common.up import run_up
 
         settings = CommonSettings()
         configure_logging(settings.log_level, process_name="up")
-        models = _up_models(args.models, args.simulated)
-        options = UpOptions(args.host, args.port, models, args.agent_port,
-                            not args.no_build and not args.simulated, args.simulated,
-                            args.devices)  # fmt: skip
-        return run_up(options, settings)
+        return run_up(up_options(args), settings)
     if args.command == "router":
         from router.main import run as run_router
 
@@ -116,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["simulated_profile"] = args.simulated
         if args.devices is not None:
             overrides["simulated_devices"] = args.devices
+        if args.time_scale is not None:
+            overrides["sim_time_scale"] = args.time_scale
         agent_settings = AgentSettings(**overrides)  # type: ignore[arg-type]
         configure_logging(agent_settings.log_level, process_name="agent")
         run_agent(agent_settings)

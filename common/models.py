@@ -7,7 +7,7 @@ match them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # A dimension of -1 is the dynamic batch axis; it is always axis 0.
 BATCH_DIM = -1
@@ -98,15 +98,44 @@ def model_names() -> list[str]:
 
 
 # Models that only a device profile knows (vgg16, densenet201, ... on simulated GPUs) have no
-# ONNX file here; they take one 3x224x224 image and give 1000 scores, the convention the load
-# generator sends, and the simulated device answers with outputs of this shape.
+# ONNX file here, and no default SLO of their own.
 PROFILE_MODEL_SLO_MS = 100.0
+# A simulated device takes its time from the profile (latency per model, batch and partition),
+# never from the payload, so requests to it carry one float per item and answers one float back:
+# a few bytes where an image costs 600 KB to send, decode and batch. That is what lets one small
+# machine drive a fast GPU's request rates through the real router.
+TOKEN_INPUT = TensorSpec("input", "float32", (BATCH_DIM, 1))
+TOKEN_OUTPUT = TensorSpec("output", "float32", (BATCH_DIM, 1))
 
 
 def profile_model_spec(name: str, slo_ms: float = PROFILE_MODEL_SLO_MS) -> ModelSpec:
-    return _image_model(name, slo_ms, f"{name} (from a device profile; simulated)")
+    """A model only a profile knows: the token signature (simulated devices alone serve it)."""
+    return ModelSpec(
+        name=name,
+        inputs=(TOKEN_INPUT,),
+        outputs=(TOKEN_OUTPUT,),
+        default_slo_ms=slo_ms,
+        description=f"{name} (from a device profile; simulated: token in, token out)",
+    )
 
 
-def spec_for(name: str) -> ModelSpec:
-    """The catalog's spec, else the profile-model convention."""
-    return CATALOG.get(name) or profile_model_spec(name)
+def spec_for(name: str, *, simulated: bool = False) -> ModelSpec:
+    """The signature requests for `name` are checked against.
+
+    The catalog's spec on real devices. When the system serves simulated devices
+    (`CommonSettings.simulated_profile` set; a scenario of kind "simulated"), every model takes
+    the token signature, catalog models included (resnet50 on an a100-class profile is a
+    profile row, not an ONNX file), keeping the catalog's default SLO. Models outside the
+    catalog take the token signature either way.
+    """
+    spec = CATALOG.get(name)
+    if spec is None:
+        return profile_model_spec(name)
+    if not simulated:
+        return spec
+    return replace(
+        spec,
+        inputs=(TOKEN_INPUT,),
+        outputs=(TOKEN_OUTPUT,),
+        description=f"{name} (simulated: token in, token out)",
+    )

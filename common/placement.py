@@ -6,7 +6,8 @@ Redis as JSON with a monotonically increasing version; the router routes from a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -35,6 +36,11 @@ class GpuletSpec:
     @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.models)
+
+    def partition(self) -> tuple[object, ...]:
+        """What a running gpulet is: its place and what it loaded. Batch sizes, duty cycle and
+        rates are the router's business, so a re-plan that changes only those restarts nothing."""
+        return (self.agent_id, self.device_id, self.cores, self.size, self.model_names)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,3 +109,33 @@ class Placement:
 
 
 EMPTY_PLACEMENT = Placement(version=0, gpulets=())
+
+VERSION_MARK = ".v"
+
+
+def carry_ids(
+    wanted: Sequence[GpuletSpec], running: Sequence[GpuletSpec], version: int
+) -> tuple[GpuletSpec, ...]:
+    """`wanted` with ids that say what to restart: a gpulet identical in partition to a running
+    one takes its id (it keeps running); any other gets an id no running gpulet has, so the new
+    one can start beside the old one it replaces (marked with the version it first appears in).
+    """
+    free: dict[tuple[object, ...], list[str]] = {}
+    for spec in running:
+        free.setdefault(spec.partition(), []).append(spec.gpulet_id)
+    taken = {s.gpulet_id for s in running}
+    out = []
+    for spec in wanted:
+        same = free.get(spec.partition())
+        if same:
+            gpulet_id = same.pop(0)
+        else:
+            base = spec.gpulet_id.split(VERSION_MARK, 1)[0]
+            gpulet_id = base if base not in taken else f"{base}{VERSION_MARK}{version}"
+            suffix = 1
+            while gpulet_id in taken:
+                suffix += 1
+                gpulet_id = f"{base}{VERSION_MARK}{version}_{suffix}"
+        taken.add(gpulet_id)
+        out.append(replace(spec, gpulet_id=gpulet_id))
+    return tuple(out)

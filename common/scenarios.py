@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.profiles import DeviceProfile, find_profile
+
+SIMULATED_KIND = "simulated"
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,33 @@ class Scenario:
     models: tuple[ScenarioModel, ...]
     path: Path
 
+    @property
+    def simulated(self) -> bool:
+        """Served by simulated devices: every model then takes the token signature."""
+        return self.kind == SIMULATED_KIND
+
     def rates_at(self, rate: float) -> dict[str, float]:
         """Per-model rate: weight · r for sweeps and traces, the weight itself when fixed."""
         if self.mode == "fixed":
             return {m.name: m.weight for m in self.models}
         return {m.name: m.weight * rate for m in self.models}
+
+    def time_scaled(self, factor: float) -> Scenario:
+        """The scenario on devices `factor` times slower (`DeviceProfile.time_scaled`).
+
+        Every rate divides by `factor`: the weights do, since a sweep or trace rate is
+        weight · r and a fixed rate is the weight itself, so r (step_rps, max_rps, base_rps, a
+        trace's multipliers) keeps the scenario's units and `gpulet peak`'s r* still reads as
+        r. Every SLO multiplies by `factor`. A trace's step times stay as written.
+        """
+        if factor <= 0:
+            raise ValueError(f"time scale must be > 0, not {factor}")
+        if factor == 1:
+            return self
+        models = tuple(
+            replace(m, slo_ms=m.slo_ms * factor, weight=m.weight / factor) for m in self.models
+        )
+        return replace(self, models=models)
 
     def profile(self) -> DeviceProfile:
         if self.profile_name is None:
@@ -71,7 +95,7 @@ def load_scenario(path: Path) -> Scenario:
     return Scenario(
         name=str(data.get("name", path.stem)),
         description=str(data.get("description", "")),
-        kind=str(cluster.get("kind", "simulated")),
+        kind=str(cluster.get("kind", SIMULATED_KIND)),
         profile_name=cluster.get("profile"),
         devices=int(cluster.get("devices", 1)),
         mode=str(rate.get("mode", "sweep")),

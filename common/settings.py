@@ -88,6 +88,12 @@ class RouterSettings(CommonSettings):
     reconcile_interval_s: float = Field(
         default=1.0, gt=0, description="how often the router checks agents and the placement"
     )
+    replan_epoch_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="follow measured rates: re-plan at once when one rises, at most this often "
+        "when one falls; 0 keeps the first plan",
+    )
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After on 503 answers")
 
 
@@ -119,3 +125,9 @@ class AgentSettings(CommonSettings):
         default=512, ge=1, description="batches queued at a worker before 503 overloaded"
     )
     simulated_devices: int = Field(default=1, ge=1, description="how many simulated GPUs")
+    sim_time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="simulated GPUs run this many times slower than their profile (every "
+        "latency x k): rates / k, SLOs x k, the same plans",
+    )

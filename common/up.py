@@ -1,4 +1,4 @@
-"""`gpulet up`: the whole system on one machine: Redis, one CPU agent and the router.
+"""`gpulet up`: the whole system on one machine: Redis, one agent (CPU or simulated) and the router.
 
 Steps: build missing models -> find or start Redis -> start the agent and the router as child
 processes (own sessions, so Ctrl-C reaches only us) -> wait for /readyz -> one warm-up request
@@ -19,8 +19,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ READY_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 10.0
 WARMUP_SLO_MS = 30_000.0  # warm-up absorbs first-call costs; it must not time out on them
+# Requests short enough to paste into a shell, in order of preference (real devices).
+PASTEABLE_MODELS = ("noop", "bert_mini", "lenet")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class UpOptions:
     build: bool
     simulated: str | None = None  # a profile name: simulated GPUs instead of CPU workers
     devices: int = 1
+    time_scale: float = 1.0  # simulated GPUs run this many times slower than their profile
+    slos_ms: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_SLOS; empty: defaults
+    agent_cores: str | None = None  # -> GPULET_AGENT_CORES; None: every allowed core
 
 
 class Child:
@@ -91,6 +96,11 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
         if options.simulated:
             env["GPULET_SIMULATED_PROFILE"] = options.simulated
             env["GPULET_SIMULATED_DEVICES"] = str(options.devices)
+            env["GPULET_SIM_TIME_SCALE"] = f"{options.time_scale:g}"
+        if options.slos_ms:
+            env["GPULET_SLOS"] = ",".join(f"{n}={ms:g}" for n, ms in options.slos_ms.items())
+        if options.agent_cores is not None:
+            env["GPULET_AGENT_CORES"] = options.agent_cores
         gpulet = [sys.executable, "-m", "common.cli"]
         children.append(
             Child("agent", [*gpulet, "agent"],
@@ -104,9 +114,10 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
         base = f"http://{_url_host(options.host)}:{options.port}"
         if not _wait_ready(base, children, stopping):
             return 1
+        simulated = options.simulated is not None
         for name in options.models:
-            _warm_up(base, spec_for(name))
-        print_banner(base, options.models)
+            _warm_up(base, spec_for(name, simulated=simulated))
+        print_banner(base, options.models, simulated=simulated)
         while not stopping.is_set():
             dead = [c.name for c in children if not c.alive()]
             if dead:
@@ -177,15 +188,16 @@ def _http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]
         return exc.code, orjson.loads(exc.read() or b"{}")
 
 
-def example_request(models: Sequence[str]) -> dict[str, Any]:
-    """A request small enough to paste: the first of noop, bert_mini, lenet that is served."""
-    for name in ("noop", "bert_mini", "lenet"):
-        if name in models:
-            spec = CATALOG[name]
-            return {
-                "model": name,
-                "inputs": {t.name: np.ones((1, *t.item_shape), t.dtype) for t in spec.inputs},
-            }
+def example_request(models: Sequence[str], *, simulated: bool = False) -> dict[str, Any]:
+    """A request small enough to paste: on simulated GPUs the first model's token, else the
+    first of PASTEABLE_MODELS that is served; else the base64 form with a placeholder."""
+    small = list(models[:1]) if simulated else [n for n in PASTEABLE_MODELS if n in models]
+    if small:
+        spec = spec_for(small[0], simulated=simulated)
+        return {
+            "model": spec.name,
+            "inputs": {t.name: np.ones((1, *t.item_shape), t.dtype) for t in spec.inputs},
+        }
     spec = spec_for(models[0])
     return {
         "model": spec.name,
@@ -200,8 +212,9 @@ def example_request(models: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def print_banner(base: str, models: Sequence[str]) -> None:
-    body = orjson.dumps(example_request(models), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+def print_banner(base: str, models: Sequence[str], *, simulated: bool = False) -> None:
+    example = example_request(models, simulated=simulated)
+    body = orjson.dumps(example, option=orjson.OPT_SERIALIZE_NUMPY).decode()
     curl = f"curl -s {base}/v1/infer -H 'content-type: application/json' -d {shlex.quote(body)}"
     print(
         f"\ngpulet is ready at {base}  (models: {', '.join(models)})\n"

@@ -10,19 +10,15 @@ import numpy as np
 import orjson
 import pybase64
 
-from common.models import BATCH_DIM, CATALOG, TensorSpec
+from common.models import TensorSpec, spec_for
 from common.scenarios import Scenario, ScenarioModel
 
-# Convention for models that exist only as a profile (simulated scenarios: vgg16, densenet201,
-# inception_v3, ...): one float32 image input named "input", like the catalog's image models.
-SIMULATED_INPUT = TensorSpec("input", "float32", (BATCH_DIM, 3, 224, 224))
 BATCH = 1
 
 
-def input_specs(model: str) -> tuple[TensorSpec, ...]:
-    """The catalog's inputs for `model`, or the simulated-model convention when it has none."""
-    spec = CATALOG.get(model)
-    return spec.inputs if spec is not None else (SIMULATED_INPUT,)
+def input_specs(model: str, *, simulated: bool = False) -> tuple[TensorSpec, ...]:
+    """The inputs the router expects for `model`, on simulated devices or real ones."""
+    return spec_for(model, simulated=simulated).inputs
 
 
 def _tensor(spec: TensorSpec) -> dict[str, object]:
@@ -35,12 +31,16 @@ def _tensor(spec: TensorSpec) -> dict[str, object]:
     }
 
 
-def request_body(entry: ScenarioModel) -> bytes:
+def request_body(entry: ScenarioModel, *, simulated: bool = False) -> bytes:
     """The JSON body for one request to the scenario model `entry`."""
-    inputs = {spec.name: _tensor(spec) for spec in input_specs(entry.model)}
+    inputs = {spec.name: _tensor(spec) for spec in input_specs(entry.model, simulated=simulated)}
     return orjson.dumps({"model": entry.name, "inputs": inputs, "slo_ms": entry.slo_ms})
 
 
 def request_bodies(scenario: Scenario) -> dict[str, bytes]:
-    """Served name -> its prebuilt body."""
-    return {m.name: request_body(m) for m in scenario.models}
+    """Served name -> its prebuilt body.
+
+    A simulated scenario's router checks every model against the token signature
+    (`common.models.spec_for`), so its bodies carry the token, catalog models included.
+    """
+    return {m.name: request_body(m, simulated=scenario.simulated) for m in scenario.models}

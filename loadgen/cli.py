@@ -77,6 +77,15 @@ def add_parser(sub: Any) -> None:
         help="requests in flight beyond which new ones are recorded as client_overloaded "
         "instead of sent (default 20000)",
     )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="the devices run K times slower than the scenario's (gpulet up --time-scale K): "
+        "every rate / K, every SLO x K, a replay's timestamps x K; --rate stays in the "
+        "scenario's units (default 1)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -84,13 +93,15 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from common.scenarios import load_scenario
-    from loadgen.arrivals import read_replay, schedule
+    from loadgen.arrivals import Arrival, read_replay, schedule
     from loadgen.bodies import request_bodies
 
     try:
-        scenario = load_scenario(args.scenario)
+        scenario = load_scenario(args.scenario).time_scaled(args.time_scale)
         if args.replay is not None:
-            arrivals = read_replay(args.replay)
+            # A recording k times slower: each request k times later, so every rate / k.
+            arrivals = [Arrival(a.at_s * args.time_scale, a.model)
+                        for a in read_replay(args.replay)]  # fmt: skip
             unknown = sorted({a.model for a in arrivals} - {m.name for m in scenario.models})
             if unknown:
                 raise ValueError(f"{args.replay}: models {unknown} are not in {scenario.name}")
@@ -167,7 +178,8 @@ def _send_and_report(
     if args.out is not None:
         import orjson
 
-        meta = {"scenario": name, "url": args.url, "source": _source(args), "seed": args.seed}
+        meta = {"scenario": name, "url": args.url, "source": _source(args), "seed": args.seed,
+                "time_scale": args.time_scale}  # fmt: skip
         data = {**meta, **report.to_json(), "sender": sender}
         args.out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     if args.plot is not None:
@@ -182,11 +194,12 @@ def _send_and_report(
 
 
 def _source(args: argparse.Namespace) -> str:
+    scale = "" if args.time_scale == 1 else f", time scale {args.time_scale:g}"
     if args.replay is not None:
-        return f"replay of {args.replay}"
+        return f"replay of {args.replay}{scale}"
     rate = "" if args.rate is None else f"r={args.rate:g}, "
     process = "poisson" if args.process == "poisson" else f"gamma cv={args.cv:g}"
-    return f"{rate}{process}, seed {args.seed}"
+    return f"{rate}{process}, seed {args.seed}{scale}"
 
 
 def _loop_factory() -> Any:

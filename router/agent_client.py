@@ -80,9 +80,19 @@ class AgentClient:
             raise BackendFailed(f"agent at {agent_url} sent a bad frame: {exc}") from exc
 
     async def set_gpulets(
-        self, agent_url: str, version: int, gpulets: Sequence[GpuletSpec]
+        self,
+        agent_url: str,
+        version: int,
+        gpulets: Sequence[GpuletSpec],
+        retiring: Sequence[str] = (),
     ) -> dict[str, Any]:
-        body = orjson.dumps({"version": version, "gpulets": [g.to_json() for g in gpulets]})
+        body = orjson.dumps(
+            {
+                "version": version,
+                "gpulets": [g.to_json() for g in gpulets],
+                "retiring": list(retiring),
+            }
+        )
         return await self._control("PUT", f"{agent_url}/v1/gpulets", body)
 
     async def gpulets(self, agent_url: str) -> dict[str, Any]:

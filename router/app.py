@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +33,7 @@ from router.rates import RateMonitor
 
 logger = logging.getLogger(__name__)
 
+REPLANS_SHOWN = 50  # /v1/cluster lists the latest re-plans
 DRAIN_FACTOR = 4  # an oversized body up to this multiple of the limit is read before the 413
 INFER_EXAMPLE = {
     "model": "noop",
@@ -44,7 +45,9 @@ INFER_EXAMPLE = {
 def served_models(settings: RouterSettings) -> dict[str, ModelSpec]:
     """The served models' specs; GPULET_SLOS overrides their default SLOs."""
     names = settings.model_list()
-    specs = {n: spec_for(n) for n in names}
+    # Simulated GPUs take their time from the profile: every model takes the token signature.
+    simulated = settings.simulated_profile is not None
+    specs = {n: spec_for(n, simulated=simulated) for n in names}
     slos = parse_per_model(settings.slos, set(names), "GPULET_SLOS", "ms")
     return {n: replace(s, default_slo_ms=slos.get(n, s.default_slo_ms)) for n, s in specs.items()}
 
@@ -111,6 +114,7 @@ def create_app(
 ) -> FastAPI:
     models = served_models(settings)
     client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
+    arrivals = RateMonitor()
     controller = Controller(
         store,
         client,
@@ -118,6 +122,8 @@ def create_app(
         settings.reconcile_interval_s,
         scheduler=settings.scheduler,
         rates_rps=parse_rates(settings.rates, models),
+        arrivals=arrivals,
+        epoch_s=settings.replan_epoch_s,
     )
     dispatcher = Dispatcher(
         client,
@@ -127,7 +133,8 @@ def create_app(
         best_latency_ms=lambda model: best_latency_ms(controller.profile, model),
     )
     controller.on_table = dispatcher.follow
-    arrivals = RateMonitor()
+    controller.in_use = dispatcher.in_use
+    dispatcher.on_drained = controller.wake
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -241,6 +248,8 @@ def create_app(
                 for a in agents
             ],
             "placement": placement.to_json() if placement else None,
+            "switching": controller.switching,
+            "replans": [asdict(e) for e in controller.events[-REPLANS_SHOWN:]],
         }
         return Response(codec.dumps(body), media_type="application/json")
 

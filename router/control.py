@@ -1,33 +1,58 @@
 """The control loop: agents in Redis -> placement -> agents told -> readiness -> routing table.
 
-Each step reads state, computes the wanted placement with the (pure) planner on the profile the
-agents measured (or the static rule when `scheduler` is "static", or when no plan is feasible),
-writes it to Redis as a new version when it differs, tells each agent its gpulets when the
-agent's applied version lags, polls readiness, and swaps in a new routing table. Plans are made
-again only when their inputs change. A failing step is logged and the loop goes on.
+Each step reads the agents, decides the wanted placement, writes it to Redis as version+1 when it
+differs, tells each agent its gpulets (and which replaced ones to keep draining), and swaps in a
+routing table that moves each model to its new gpulets only once they are all warm
+(switching.py). The placement is planned afresh when the agents or their profiles change (an
+agent whose heartbeat expired drops out of `store.agents()`, and its models are re-placed), and
+re-planned from the running plan when the measured rates move (replanning.py: at once on a
+rise, at an epoch boundary on a fall). Without a feasible plan the static rule serves. A failing
+step is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from common.cluster import AgentInfo, parse_simulated_key
 from common.errors import GpuletError
-from common.placement import EMPTY_PLACEMENT, Placement
+from common.placement import EMPTY_PLACEMENT, GpuletSpec, Placement, carry_ids
 from common.profiles import DeviceProfile, find_profile
 from common.store import Store
 from router.agent_client import AgentClient
 from router.placement_rule import static_placement
-from router.routing import RoutingTable, build_table
+from router.rates import RateMonitor
+from router.replanning import Targets, planned_rates, replan_reason, target_rates
+from router.routing import RoutingTable
 from router.scheduling.interference import InterferenceModel
-from router.scheduling.live import plan_live
+from router.scheduling.live import LivePlan, plan_live, replan_live
 from router.scheduling.offline import interference_for
+from router.scheduling.types import Plan
+from router.switching import still_running, switch_routes
 
 STATIC = "static"
+# A switch waiting this long on new gpulets that never become ready takes the ready ones.
+SWITCH_TIMEOUT_S = 120.0
+# After demand no plan can serve, wait this long before trying again (planning is not free).
+INFEASIBLE_BACKOFF_S = 5.0
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplanEvent:
+    """One placement written, for /v1/cluster and the load generator's plot."""
+
+    version: int
+    at_s: float  # time.time()
+    reason: str  # "agents" | "rise" | "fall"
+    step: str  # the planner's step: "initial", "incremental", "full", "more_devices", "static"
+    serving_at_s: float | None = None  # time.time() when every model had switched to it
 
 
 class Controller:
@@ -40,6 +65,9 @@ class Controller:
         *,
         scheduler: str = STATIC,
         rates_rps: Mapping[str, float] | None = None,
+        arrivals: RateMonitor | None = None,
+        epoch_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.client = client
@@ -48,14 +76,37 @@ class Controller:
         self.rates_rps = dict(rates_rps or {})
         self.scheduler = scheduler
         self.interval_s = interval_s
-        self._planned: tuple[object, Placement | None] | None = None
+        self.arrivals = arrivals
+        self.epoch_s = epoch_s
+        self.clock = clock
         # The profile the current plan was made on (None: static rule); the dispatcher predicts
         # batch latencies and admission judges SLOs from it.
         self.profile: DeviceProfile | None = None
+        self._interference: InterferenceModel | None = None
+        self._inputs: object = None  # what the last fresh plan was made from
+        self._plan: Plan | None = None  # the scheduler's plan behind `target`, when there is one
+        self._last_plan_s = 0.0
+        self._quiet_until_s = 0.0
+        self.target = EMPTY_PLACEMENT
+        self.retiring: dict[str, GpuletSpec] = {}  # replaced gpulets still draining
+        self.switching = False
+        self._switch_since_s = 0.0
+        self.events: list[ReplanEvent] = []
         self.on_table: Callable[[RoutingTable], None] | None = None
+        self.in_use: Callable[[], set[str]] = set  # gpulets the dispatcher still has work for
         self.table = RoutingTable(EMPTY_PLACEMENT)
         self.agents: list[AgentInfo] = []
         self.changed = asyncio.Event()  # set after every step, for waiters such as /readyz tests
+        self._wake = asyncio.Event()
+
+    @property
+    def follows_rates(self) -> bool:
+        return self.scheduler != STATIC and not self.rates_rps and self.epoch_s > 0 \
+            and self.arrivals is not None  # fmt: skip
+
+    def wake(self) -> None:
+        """Run the next step now (e.g. a replaced gpulet finished draining)."""
+        self._wake.set()
 
     async def run_forever(self) -> None:
         while True:
@@ -65,19 +116,34 @@ class Controller:
                 logger.warning("control step failed: %s; retrying", exc.message)
             except Exception:
                 logger.exception("control step failed; retrying in %.1fs", self.interval_s)
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def step(self) -> None:
         self.agents = await self.store.agents()
-        placement = await self._current_placement(self.agents)
+        target = await self._current_placement(self.agents)
         urls = {a.agent_id: a.url for a in self.agents}
+        self.retiring = still_running(self.retiring, self.table, self.in_use())
         ready: set[str] = set()
         for agent in self.agents:
-            ready |= await self._sync_agent(agent, placement)
-        table = build_table(placement, urls, ready)
+            ready |= await self._sync_agent(agent, target)
+        now_s = self.clock()
+        switch = switch_routes(
+            target, self.table, urls, ready,
+            give_up=self.switching and now_s - self._switch_since_s > SWITCH_TIMEOUT_S,
+        )  # fmt: skip
+        if switch.complete and self.switching:
+            logger.info("placement version=%d serving (switched in %.2fs)", target.version,
+                        now_s - self._switch_since_s)  # fmt: skip
+            if self.events and self.events[-1].version == target.version:
+                self.events[-1] = replace(self.events[-1], serving_at_s=time.time())
+        self.switching = not switch.complete
+        table = switch.table
         if table.ready_models() != self.table.ready_models():
             logger.info(
-                "routing version=%d ready models=%s", placement.version,
+                "routing version=%d ready models=%s", target.version,
                 ",".join(sorted(table.ready_models())) or "-",
             )  # fmt: skip
         self.table = table
@@ -86,37 +152,96 @@ class Controller:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    # the placement ----------------------------------------------------------------------------
     async def _current_placement(self, agents: list[AgentInfo]) -> Placement:
         stored = await self.store.placement() or EMPTY_PLACEMENT
-        wanted = await self._wanted(agents)
-        if wanted is None:  # agents still measuring their profile: keep what runs
+        if self.target.version != stored.version:
+            self.target = stored
+        found = await self._wanted(agents)
+        if found is None:  # agents still measuring their profile, or nothing to change
             return stored
-        if wanted.gpulets == stored.gpulets and stored.version > 0:
+        wanted, reason, step = found
+        running = [*stored.gpulets, *self.retiring.values()]
+        gpulets = carry_ids(wanted.gpulets, running, stored.version + 1)
+        if stored.version > 0 and [g.to_json() for g in gpulets] == \
+                [g.to_json() for g in stored.gpulets]:  # fmt: skip
             return stored
-        written = await self.store.write_placement(wanted)
+        written = await self.store.write_placement(Placement(0, gpulets, wanted.explanation,
+                                                             wanted.unplaced))  # fmt: skip
+        kept = {g.gpulet_id for g in written.gpulets}
+        self.retiring.update({g.gpulet_id: g for g in stored.gpulets if g.gpulet_id not in kept})
+        for gone in kept & set(self.retiring):
+            del self.retiring[gone]
+        self.target = written
+        self._switch_since_s = self.clock()
+        self.switching = True
+        self.events.append(ReplanEvent(written.version, time.time(), reason, step))
         logger.info(
-            "placement version=%d gpulets=%d unplaced=%s", written.version, len(written.gpulets),
-            ",".join(written.unplaced) or "-",
+            "placement version=%d (%s, %s) gpulets=%d unplaced=%s", written.version, reason,
+            step, len(written.gpulets), ",".join(written.unplaced) or "-",
         )  # fmt: skip
         for line in written.explanation:
             logger.info("placement: %s", line)
         return written
 
-    async def _wanted(self, agents: list[AgentInfo]) -> Placement | None:
+    async def _wanted(self, agents: list[AgentInfo]) -> tuple[Placement, str, str] | None:
         if self.scheduler == STATIC or not agents:
-            return static_placement(agents, self.models)
+            return static_placement(agents, self.models), "agents", "static"
         keys = sorted({a.profile_key or "" for a in agents})
         if "" in keys:
             return None
         inputs = (tuple((a.agent_id, a.devices) for a in agents), tuple(keys))
-        if self._planned is not None and self._planned[0] == inputs:
-            return self._planned[1]
-        wanted = await self._plan(agents, keys)
-        self._planned = (inputs, wanted)
-        return wanted
+        if self._inputs != inputs:
+            fresh = await self._plan_fresh(agents, keys)
+            self._inputs = inputs
+            self._last_plan_s = self.clock()
+            return fresh, "agents", "initial" if self._plan is not None else "static"
+        if not self.follows_rates or self._plan is None or self.profile is None:
+            return None
+        return self._replan(agents)
 
-    async def _plan(self, agents: list[AgentInfo], keys: list[str]) -> Placement:
+    def _replan(self, agents: list[AgentInfo]) -> tuple[Placement, str, str] | None:
+        assert self.arrivals is not None and self._plan is not None and self.profile is not None
+        now_s = self.clock()
+        if now_s < self._quiet_until_s:
+            return None
+        targets = self.targets(now_s)
+        reason, moved = replan_reason(
+            planned_rates(self.target), targets,
+            epoch_due=now_s - self._last_plan_s >= self.epoch_s, switching=self.switching,
+        )  # fmt: skip
+        if reason is None:
+            return None
+        self._last_plan_s = now_s
+        found = replan_live(
+            agents, self.profile, self._plan, self.slos_ms, targets.plan, self.scheduler,
+            interference=self._interference, changed=set(moved),
+        )  # fmt: skip
+        if found is None:
+            return None
+        live, step = found
+        wanted = ", ".join(f"{m}={targets.plan[m]:.1f}" for m in moved)
+        if step == "infeasible":
+            logger.warning(
+                "re-plan (%s: %s req/s): no plan serves it; keeping version=%d for %.0fs",
+                reason, wanted, self.target.version, INFEASIBLE_BACKOFF_S,
+            )  # fmt: skip
+            self._quiet_until_s = now_s + INFEASIBLE_BACKOFF_S
+            return None
+        logger.info("re-plan (%s: %s req/s): %s", reason, wanted, step)
+        self._plan = live.plan
+        return live.placement, reason, step
+
+    def targets(self, now_s: float) -> Targets:
+        """The rates each model would be planned for now, and what would trigger a rise."""
+        assert self.arrivals is not None
+        now_ms = now_s * 1000
+        return target_rates(self.models, self.arrivals.rates(now_ms),
+                            self.arrivals.recent(now_ms))  # fmt: skip
+
+    async def _plan_fresh(self, agents: list[AgentInfo], keys: list[str]) -> Placement:
         """The scheduler's placement on the agents' measured profile; the static rule if none."""
+        self._plan = None
         if len(keys) > 1:
             logger.warning("agents measured %d different profiles; planning on %s", len(keys),
                            keys[0])  # fmt: skip
@@ -133,29 +258,45 @@ class Controller:
             if found is None:
                 return static_placement(agents, self.models)
             profile = DeviceProfile.from_json(found[0])
-        self.profile = profile
-        live = plan_live(
-            agents, profile, self.slos_ms, self.rates_rps, self.scheduler,
-            interference=interference,
-        )  # fmt: skip
+        self.profile, self._interference = profile, interference
+        live = plan_live(agents, profile, self.slos_ms, self._fresh_rates(), self.scheduler,
+                         interference=interference)  # fmt: skip
         if live is None:
             fallback = static_placement(agents, self.models)
             why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "
                    "static rule instead")  # fmt: skip
             return Placement(0, fallback.gpulets, (why, *fallback.explanation))
+        return self._adopt(live)
+
+    def _fresh_rates(self) -> dict[str, float]:
+        """Declared rates; else, once traffic was seen, the measured targets; else none (plan
+        for the largest equal rate the devices carry)."""
+        if self.rates_rps or not self.follows_rates:
+            return self.rates_rps
+        assert self.arrivals is not None
+        if not self.arrivals.rates(self.clock() * 1000):
+            return {}
+        return self.targets(self.clock()).plan
+
+    def _adopt(self, live: LivePlan) -> Placement:
+        self._plan = live.plan
         if live.rate_rps is not None:
             logger.info("planned for %.0f req/s per model (the most these devices carry)",
                         live.rate_rps)  # fmt: skip
         return live.placement
 
+    # the agents -------------------------------------------------------------------------------
     async def _sync_agent(self, agent: AgentInfo, placement: Placement) -> set[str]:
         """Tell the agent its gpulets if it lags; return the ids of its ready gpulets."""
+        desired = placement.for_agent(agent.agent_id)
         try:
             report = await self.client.gpulets(agent.url)
-            if int(report.get("version", 0)) != placement.version:
-                report = await self.client.set_gpulets(
-                    agent.url, placement.version, placement.for_agent(agent.agent_id)
-                )
+            reported = {str(g["gpulet_id"]) for g in report.get("gpulets", [])}
+            keep = sorted(i for i, g in self.retiring.items()
+                          if g.agent_id == agent.agent_id and i in reported)  # fmt: skip
+            if int(report.get("version", 0)) != placement.version or \
+                    reported != {g.gpulet_id for g in desired} | set(keep):  # fmt: skip
+                report = await self.client.set_gpulets(agent.url, placement.version, desired, keep)
         except GpuletError as exc:
             logger.warning("agent=%s unreachable: %s", agent.agent_id, exc.message)
             return set()

@@ -8,6 +8,7 @@ model whose target rose by more than 5 % or 10 req/s, re-partition when it fell 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ LOW_RATE_RPS = 125.0
 LOW_RATE_HEADROOM = 1.5
 RISE_SHARE, RISE_RPS = 0.05, 10.0
 FALL_SHARE = 0.10
+RECENT_BUCKETS = 4  # `recent` spans 2 s
 
 
 @dataclass
@@ -29,6 +31,8 @@ class RateMonitor:
     _bucket_start_ms: float | None = None
     _counts: dict[str, int] = field(default_factory=dict)
     _ewma_rps: dict[str, float] = field(default_factory=dict)
+    # The last few finished buckets' counts, newest last: what `recent` averages.
+    _history: deque[dict[str, int]] = field(default_factory=lambda: deque(maxlen=RECENT_BUCKETS))
 
     def record(self, model: str, now_ms: float, count: int = 1) -> None:
         self._advance(now_ms)
@@ -38,6 +42,18 @@ class RateMonitor:
         """The smoothed req/s per model seen so far (finished buckets only)."""
         self._advance(now_ms)
         return dict(self._ewma_rps)
+
+    def recent(self, now_ms: float) -> dict[str, float]:
+        """Req/s per model over the last RECENT_BUCKETS finished buckets (unsmoothed)."""
+        self._advance(now_ms)
+        if not self._history:
+            return {}
+        span_s = len(self._history) * self.bucket_ms / 1000
+        totals: dict[str, int] = {}
+        for counts in self._history:
+            for model, n in counts.items():
+                totals[model] = totals.get(model, 0) + n
+        return {m: n / span_s for m, n in totals.items()}
 
     def _advance(self, now_ms: float) -> None:
         if self._bucket_start_ms is None:
@@ -53,6 +69,7 @@ class RateMonitor:
                     observed if previous is None
                     else previous + self.weight * (observed - previous)
                 )  # fmt: skip
+            self._history.append(self._counts)
             self._counts = {}
             self._bucket_start_ms += self.bucket_ms
 

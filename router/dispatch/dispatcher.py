@@ -221,20 +221,46 @@ class Dispatcher:
     # Best achievable latency per model: it changes only with the plan, so it is worked out
     # once per routing table rather than on every request.
     _best_ms: dict[str, float | None] = field(default_factory=dict)
+    _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    on_drained: Callable[[], None] | None = None  # the control loop stops drained gpu-lets
 
     def follow(self, table: RoutingTable) -> None:
-        """Queues for the table's gpu-lets; queues of gpu-lets gone drain in the background."""
+        """Queues for the table's gpu-lets; queues of gpu-lets gone drain in the background.
+
+        A gpu-let that stays (same id, same agent) keeps its queue and takes the new plan's
+        batch sizes in place; its waiting requests are not moved."""
         self._routes = table.routes
         self._best_ms.clear()
         wanted = {r.gpulet.gpulet_id: r for routes in table.routes.values() for r in routes}
         for gpulet_id, queue in list(self.queues.items()):
-            if gpulet_id not in wanted or queue.route != wanted[gpulet_id]:
-                del self.queues[gpulet_id]
-                asyncio.get_running_loop().create_task(queue.close())
+            route = wanted.get(gpulet_id)
+            if route is not None and route.agent_url == queue.route.agent_url:
+                if route != queue.route:
+                    queue.route, queue.view = route, self.views(route)
+                continue
+            del self.queues[gpulet_id]
+            self._drain(queue)
         for gpulet_id, route in wanted.items():
             if gpulet_id not in self.queues:
                 self.queues[gpulet_id] = GpuletQueue(route, self.views(route), self.client,
                                                      self.clock)  # fmt: skip
+
+    def in_use(self) -> set[str]:
+        """Gpu-lets that have a queue, or a queue still draining: not to be stopped yet."""
+        return set(self.queues) | set(self._draining)
+
+    def _drain(self, queue: GpuletQueue) -> None:
+        gpulet_id = queue.route.gpulet.gpulet_id
+        task = asyncio.get_running_loop().create_task(queue.close())
+        self._draining[gpulet_id] = task
+
+        def drained(_: asyncio.Task[None]) -> None:
+            if self._draining.get(gpulet_id) is task:
+                del self._draining[gpulet_id]
+            if self.on_drained is not None:
+                self.on_drained()
+
+        task.add_done_callback(drained)
 
     async def submit(
         self, model: str, inputs: dict[str, frames.Array], items: int, slo_ms: float,
@@ -287,7 +313,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         queues, self.queues = list(self.queues.values()), {}
-        await asyncio.gather(*(q.close() for q in queues), return_exceptions=True)
+        await asyncio.gather(*(q.close() for q in queues), *self._draining.values(),
+                             return_exceptions=True)  # fmt: skip
 
 
 def _planned(route: Route, model: str) -> float:

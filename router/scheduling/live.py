@@ -16,6 +16,7 @@ from common.placement import GpuletModel, GpuletSpec, Placement
 from common.profiles import DeviceProfile
 from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.peak import peak_search
+from router.scheduling.replan import Step, replan
 from router.scheduling.schedulers import plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
@@ -93,6 +94,29 @@ def plan_live(
             return None
         result, equal_rate = peak.plan, peak.rate_rps
     return LivePlan(to_placement(result, devices, cores_of), result, equal_rate)
+
+
+def replan_live(
+    agents: Sequence[AgentInfo],
+    profile: DeviceProfile,
+    previous: Plan,
+    slos_ms: Mapping[str, float],
+    rates_rps: Mapping[str, float],
+    scheduler: str,
+    config: PlanConfig | None = None,
+    interference: InterferenceModel | None = None,
+    changed: set[str] | None = None,
+) -> tuple[LivePlan, Step] | None:
+    """A new plan for new rates from the running one: incremental, then full, then one more
+    device (replan.py); None when there are no devices."""
+    devices, cores_of = cpu_devices(agents, profile)
+    if not devices:
+        return None
+    demands = [ModelDemand(n, n, rates_rps[n], slos_ms[n]) for n in sorted(slos_ms)]
+    result = replan(scheduler, previous, demands, devices, config or PlanConfig(),
+                    interference or NoInterference(), changed)  # fmt: skip
+    placement = to_placement(result.plan, devices, cores_of)
+    return LivePlan(placement, result.plan, None), result.step
 
 
 def to_placement(

@@ -143,7 +143,7 @@ async def test_replans_are_noted_from_the_cluster_version(fake_router: FakeRoute
 async def test_cli_writes_report_and_plot(fake_router: FakeRouter, tmp_path: Path) -> None:
     scenario = tmp_path / "one.toml"
     scenario.write_text(
-        'name = "one"\n[rate]\nmode = "sweep"\n'
+        'name = "one"\n[cluster]\nkind = "cpu"\n[rate]\nmode = "sweep"\n'
         '[[models]]\nname = "noop"\ninstance = "fast"\nslo_ms = 150\nweight = 1.0\n'
     )
     out, png = tmp_path / "report.json", tmp_path / "report.png"
@@ -170,3 +170,33 @@ async def test_cli_writes_report_and_plot(fake_router: FakeRouter, tmp_path: Pat
     assert sent["inputs"]["input"]["shape"] == [1, 16]
     if plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_cli_time_scale_divides_rates_and_multiplies_slos(
+    fake_router: FakeRouter, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from common.scenarios import load_scenario
+    from loadgen.arrivals import schedule
+
+    scenario = tmp_path / "one.toml"
+    scenario.write_text('[rate]\nmode = "sweep"\n[[models]]\nname = "noop"\nslo_ms = 150\n')
+    out = tmp_path / "report.json"
+    args = ["loadgen", str(scenario), "--url", fake_router.url, "--rate", "100", "--duration",
+            "2", "--seed", "3", "--time-scale", "4", "--out", str(out), "--quiet"]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "common.cli", *args, cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+    assert proc.returncode == 0, stderr.decode()
+    # r = 100 on a device 4 times slower: 25 req/s, the arrivals of that rate with this seed.
+    expected = schedule(load_scenario(scenario), 25.0, 2.0, np.random.default_rng(3))
+    assert fake_router.requests == len(expected)
+    data = orjson.loads(out.read_bytes())
+    assert data["time_scale"] == 4.0
+    # 200 ms answers: late against 150 ms, within the SLO x 4 that is sent and judged.
+    assert data["models"][0]["slo_ms"] == 600.0
+    assert data["total"]["late"] == 0 and data["total"]["ok"] == data["total"]["sent"] > 0
+    assert {orjson.loads(b)["slo_ms"] for b in fake_router.bodies} == {600.0}

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,10 +15,11 @@ import pytest
 from common.cluster import AgentInfo
 from common.errors import BackendFailed, Unavailable
 from common.placement import GpuletModel, GpuletSpec
-from common.procs import die_with_parent, free_port, stop_process
+from common.procs import stop_process
 from common.profiles import find_profile
 from common.store import Store
 from router.agent_client import AgentClient
+from tests.support.agents import SimAgent, spawn_sim_agent
 
 pytestmark = pytest.mark.timeout(90)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,32 +29,14 @@ DEVICES = 4
 T = TypeVar("T")
 
 
-@dataclass
-class SimAgent:
-    agent_id: str
-    url: str
-    process: subprocess.Popen[bytes]
-
-
 @pytest.fixture
 def sim_agent(redis_url: str, key_prefix: str, store: Store) -> Iterator[SimAgent]:
     """Depends on `store`, so the agent stops (and deregisters) before the store checks keys."""
-    port = free_port()
-    agent_id = f"sim-agent-{port}"
-    env = {
-        **os.environ, "GPULET_REDIS_URL": redis_url, "GPULET_REDIS_PREFIX": key_prefix,
-        "GPULET_AGENT_PORT": str(port), "GPULET_AGENT_ID": agent_id,
-        "GPULET_HEARTBEAT_INTERVAL_S": "0.2", "GPULET_LOG_LEVEL": "WARNING",
-    }  # fmt: skip
-    args = [sys.executable, "-m", "common.cli", "agent", "--simulated", "a100-class",
-            "--devices", str(DEVICES)]  # fmt: skip
-    process = subprocess.Popen(
-        args, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent
-    )
+    agent = spawn_sim_agent(redis_url, key_prefix, DEVICES)
     try:
-        yield SimAgent(agent_id, f"http://127.0.0.1:{port}", process)
+        yield agent
     finally:
-        assert stop_process(process, timeout_s=10.0) == 0, "the agent must stop cleanly"
+        assert stop_process(agent.process, timeout_s=10.0) == 0, "the agent must stop cleanly"
 
 
 async def eventually(

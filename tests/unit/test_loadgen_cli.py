@@ -14,7 +14,8 @@ def test_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args(["loadgen", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--url", "--rate", "--replay", "--process", "--cv", "--warmup", "--plot"):
+    for option in ("--url", "--rate", "--replay", "--process", "--cv", "--warmup", "--plot",
+                   "--time-scale"):  # fmt: skip
         assert option in out
 
 
@@ -24,6 +25,7 @@ def test_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
         ([], "give the rate r (--rate)"),
         (["--rate", "10", "--warmup", "5", "--duration", "5"], "--warmup 5"),
         (["--rate", "10", "--replay", "missing.txt"], "missing.txt"),
+        (["--rate", "10", "--time-scale", "0"], "time scale must be > 0"),
     ],
 )
 def test_usage_errors(
