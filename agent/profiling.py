@@ -12,7 +12,9 @@ from pathlib import Path
 
 import orjson
 
-from agent.profiler import ensure_profile, machine_key, read_machine_facts
+from agent.profile_measure import read_machine_facts
+from agent.profile_plan import machine_key
+from agent.profiler import ensure_profile
 from common.cluster import DeviceInfo
 from common.settings import AgentSettings
 from common.store import Store

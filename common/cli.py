@@ -237,7 +237,8 @@ def _profile_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from agent.devices import discover_cpu
-    from agent.profiler import ProfileStep, ensure_profile
+    from agent.profile_measure import ProfileStep
+    from agent.profiler import ensure_profile
     from common.profiles import DeviceProfile
     from common.store import Store
 

@@ -30,7 +30,7 @@ from router.rates import RateMonitor
 from router.replanning import Targets, planned_rates, replan_reason, target_rates
 from router.routing import RoutingTable
 from router.scheduling.interference import InterferenceModel
-from router.scheduling.live import LivePlan, plan_live, replan_live
+from router.scheduling.live import plan_live, replan_live
 from router.scheduling.offline import interference_for
 from router.scheduling.types import Plan
 from router.switching import still_running, switch_routes
@@ -53,6 +53,17 @@ class ReplanEvent:
     reason: str  # "agents" | "rise" | "fall"
     step: str  # the planner's step: "initial", "incremental", "full", "more_devices", "static"
     serving_at_s: float | None = None  # time.time() when every model had switched to it
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A placement to deploy, why, and what the controller adopts once it is written."""
+
+    placement: Placement
+    reason: str
+    step: str
+    plan: Plan | None = None  # the scheduler's plan behind it (None: the static rule)
+    inputs: object = None  # the agents and profiles a fresh plan was made for
 
 
 class Controller:
@@ -157,17 +168,20 @@ class Controller:
         stored = await self.store.placement() or EMPTY_PLACEMENT
         if self.target.version != stored.version:
             self.target = stored
-        found = await self._wanted(agents)
-        if found is None:  # agents still measuring their profile, or nothing to change
+        wanted = await self._wanted(agents)
+        if wanted is None:  # agents still measuring their profile, or nothing to change
             return stored
-        wanted, reason, step = found
         running = [*stored.gpulets, *self.retiring.values()]
-        gpulets = carry_ids(wanted.gpulets, running, stored.version + 1)
+        gpulets = carry_ids(wanted.placement.gpulets, running, stored.version + 1)
         if stored.version > 0 and [g.to_json() for g in gpulets] == \
                 [g.to_json() for g in stored.gpulets]:  # fmt: skip
+            self._commit(wanted)
             return stored
-        written = await self.store.write_placement(Placement(0, gpulets, wanted.explanation,
-                                                             wanted.unplaced))  # fmt: skip
+        written = await self.store.write_placement(
+            Placement(0, gpulets, wanted.placement.explanation, wanted.placement.unplaced)
+        )
+        # Only now is the plan the running one: had the write failed, the next step plans again.
+        self._commit(wanted)
         kept = {g.gpulet_id for g in written.gpulets}
         self.retiring.update({g.gpulet_id: g for g in stored.gpulets if g.gpulet_id not in kept})
         for gone in kept & set(self.retiring):
@@ -175,32 +189,37 @@ class Controller:
         self.target = written
         self._switch_since_s = self.clock()
         self.switching = True
-        self.events.append(ReplanEvent(written.version, time.time(), reason, step))
+        self.events.append(ReplanEvent(written.version, time.time(), wanted.reason, wanted.step))
         logger.info(
-            "placement version=%d (%s, %s) gpulets=%d unplaced=%s", written.version, reason,
-            step, len(written.gpulets), ",".join(written.unplaced) or "-",
+            "placement version=%d (%s, %s) gpulets=%d unplaced=%s", written.version,
+            wanted.reason, wanted.step, len(written.gpulets), ",".join(written.unplaced) or "-",
         )  # fmt: skip
         for line in written.explanation:
             logger.info("placement: %s", line)
         return written
 
-    async def _wanted(self, agents: list[AgentInfo]) -> tuple[Placement, str, str] | None:
+    def _commit(self, wanted: Wanted) -> None:
+        self._plan = wanted.plan
+        self._last_plan_s = self.clock()
+        if wanted.inputs is not None:
+            self._inputs = wanted.inputs
+
+    async def _wanted(self, agents: list[AgentInfo]) -> Wanted | None:
         if self.scheduler == STATIC or not agents:
-            return static_placement(agents, self.models), "agents", "static"
+            return Wanted(static_placement(agents, self.models), "agents", "static")
         keys = sorted({a.profile_key or "" for a in agents})
         if "" in keys:
             return None
         inputs = (tuple((a.agent_id, a.devices) for a in agents), tuple(keys))
         if self._inputs != inputs:
-            fresh = await self._plan_fresh(agents, keys)
-            self._inputs = inputs
-            self._last_plan_s = self.clock()
-            return fresh, "agents", "initial" if self._plan is not None else "static"
+            placement, plan = await self._plan_fresh(agents, keys)
+            step = "initial" if plan is not None else "static"
+            return Wanted(placement, "agents", step, plan, inputs)
         if not self.follows_rates or self._plan is None or self.profile is None:
             return None
         return self._replan(agents)
 
-    def _replan(self, agents: list[AgentInfo]) -> tuple[Placement, str, str] | None:
+    def _replan(self, agents: list[AgentInfo]) -> Wanted | None:
         assert self.arrivals is not None and self._plan is not None and self.profile is not None
         now_s = self.clock()
         if now_s < self._quiet_until_s:
@@ -212,7 +231,6 @@ class Controller:
         )  # fmt: skip
         if reason is None:
             return None
-        self._last_plan_s = now_s
         found = replan_live(
             agents, self.profile, self._plan, self.slos_ms, targets.plan, self.scheduler,
             interference=self._interference, changed=set(moved),
@@ -229,8 +247,7 @@ class Controller:
             self._quiet_until_s = now_s + INFEASIBLE_BACKOFF_S
             return None
         logger.info("re-plan (%s: %s req/s): %s", reason, wanted, step)
-        self._plan = live.plan
-        return live.placement, reason, step
+        return Wanted(live.placement, reason, step, live.plan)
 
     def targets(self, now_s: float) -> Targets:
         """The rates each model would be planned for now, and what would trigger a rise."""
@@ -239,9 +256,11 @@ class Controller:
         return target_rates(self.models, self.arrivals.rates(now_ms),
                             self.arrivals.recent(now_ms))  # fmt: skip
 
-    async def _plan_fresh(self, agents: list[AgentInfo], keys: list[str]) -> Placement:
-        """The scheduler's placement on the agents' measured profile; the static rule if none."""
-        self._plan = None
+    async def _plan_fresh(
+        self, agents: list[AgentInfo], keys: list[str]
+    ) -> tuple[Placement, Plan | None]:
+        """The scheduler's placement on the agents' measured profile (and the plan behind it);
+        the static rule if none."""
         if len(keys) > 1:
             logger.warning("agents measured %d different profiles; planning on %s", len(keys),
                            keys[0])  # fmt: skip
@@ -256,7 +275,7 @@ class Controller:
         else:
             found = await self.store.profile(keys[0])
             if found is None:
-                return static_placement(agents, self.models)
+                return static_placement(agents, self.models), None
             profile = DeviceProfile.from_json(found[0])
         self.profile, self._interference = profile, interference
         live = plan_live(agents, profile, self.slos_ms, self._fresh_rates(), self.scheduler,
@@ -265,8 +284,11 @@ class Controller:
             fallback = static_placement(agents, self.models)
             why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "
                    "static rule instead")  # fmt: skip
-            return Placement(0, fallback.gpulets, (why, *fallback.explanation))
-        return self._adopt(live)
+            return Placement(0, fallback.gpulets, (why, *fallback.explanation)), None
+        if live.rate_rps is not None:
+            logger.info("planned for %.0f req/s per model (the most these devices carry)",
+                        live.rate_rps)  # fmt: skip
+        return live.placement, live.plan
 
     def _fresh_rates(self) -> dict[str, float]:
         """Declared rates; else, once traffic was seen, the measured targets; else none (plan
@@ -277,13 +299,6 @@ class Controller:
         if not self.arrivals.rates(self.clock() * 1000):
             return {}
         return self.targets(self.clock()).plan
-
-    def _adopt(self, live: LivePlan) -> Placement:
-        self._plan = live.plan
-        if live.rate_rps is not None:
-            logger.info("planned for %.0f req/s per model (the most these devices carry)",
-                        live.rate_rps)  # fmt: skip
-        return live.placement
 
     # the agents -------------------------------------------------------------------------------
     async def _sync_agent(self, agent: AgentInfo, placement: Placement) -> set[str]:

@@ -6,8 +6,8 @@ For each model, in ascending rate·SLO order (reference/gpulet-paper.md §2.7):
   2. place them largest first, best fit: an exact-size free slot or a whole device (split into
      size + rest) first, else the free slot with the least left over; a slot is rejected when
      memory does not fit or interference would break this model's or a neighbour's SLO;
-  3. if placing fails: readjust onto the free slots, largest first; then temporal sharing of up to
-     `max_models_per_gpulet` models in one gpu-let (one batch each per duty cycle).
+  3. if placing fails (fallbacks.py): readjust onto the free slots, largest first; then temporal
+     sharing of up to `max_models_per_gpulet` models in one gpu-let (one batch each per duty cycle).
 With interference on, models whose planned throughput ends under 85 % of demand are re-placed
 once; smaller deficits get extra gpu-lets. A plan is feasible when every model's demand is met.
 """
@@ -15,26 +15,18 @@ once; smaller deficits get extra gpu-lets. A plan is feasible when every model's
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from common.profiles import PROCESS_OVERHEAD_MB
+from router.scheduling.fallbacks import grow, merge_residue, readjust, time_share
 from router.scheduling.interference import InterferenceModel, NoInterference
-from router.scheduling.perf import BatchChoice, PerfModel
+from router.scheduling.perf import PerfModel
 from router.scheduling.state import DeviceState, Slot, Tenant, evaluate_device, to_planned
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig, PlannedGpulet
+from router.scheduling.want import Want
 
 DEFICIT_ROUNDS = 2  # extra passes that place capacity lost to neighbours' interference
 MAX_REJECTIONS_EXPLAINED = 3
-
-
-@dataclass(frozen=True)
-class Want:
-    """One gpu-let a model asks for: its size, its batch choice and the rate it takes."""
-
-    size: float
-    choice: BatchChoice
-    rate_rps: float
-    saturated: bool
 
 
 class Planner:
@@ -178,13 +170,13 @@ class Planner:
                 break
             remaining -= placed
         if remaining > slack and not self.greedy:
-            remaining -= self.grow(demand, remaining)
+            remaining -= grow(self, demand, remaining)
         if remaining > slack and not self.greedy:
-            remaining -= self.readjust(demand, remaining)
-        if remaining > slack and not self.greedy and self.merge_residue(demand):
-            remaining -= self.readjust(demand, remaining)  # into the slots the merge freed
+            remaining -= readjust(self, demand, remaining)
+        if remaining > slack and not self.greedy and merge_residue(self, demand):
+            remaining -= readjust(self, demand, remaining)  # into the slots the merge freed
         if remaining > slack and self.config.allow_temporal_sharing and not self.greedy:
-            remaining -= self.time_share(demand, remaining)
+            remaining -= time_share(self, demand, remaining)
 
     def estimate(self, demand: ModelDemand, rate_rps: float) -> list[Want]:
         """Saturated gpu-lets of the knee size, then one residual gpu-let, shrunk (§2.4)."""
@@ -396,159 +388,6 @@ class Planner:
     def restore(state: DeviceState, snapshot: list[tuple[Tenant, int, float]]) -> None:
         for tenant, batch, rate in snapshot:
             tenant.batch, tenant.rate_rps = batch, rate
-
-    # fallbacks ----------------------------------------------------------------------------
-    def readjust(self, demand: ModelDemand, remaining: float) -> float:
-        """Fill free slots, largest first, with saturated instances, then a residual one."""
-        taken = 0.0
-        knee = self.perf.knee(demand.model, demand.slo_ms, self.sizes)
-        free = sorted(
-            ((state, slot) for state in self.states for slot in state.slots if slot.empty),
-            key=lambda c: -c[1].size,
-        )
-        for state, slot in free:
-            if remaining - taken <= self.config.rate_slack_rps:
-                break
-            if slot not in state.slots or not slot.empty:
-                continue  # split or filled by an earlier step
-            size = slot.size
-            if knee is not None and self.can_split(state, slot, knee):
-                size = knee
-            saturated = self.perf.saturated(demand.model, size, demand.slo_ms)
-            if saturated is None:
-                continue
-            rate = remaining - taken
-            if saturated.throughput_rps >= rate:
-                residual = self.perf.residual(demand.model, size, demand.slo_ms, rate)
-                if residual is None:
-                    continue
-                want = Want(size, residual, rate, False)
-            else:
-                want = Want(size, saturated, saturated.throughput_rps, True)
-            taken += self.try_slot(state, slot, demand, want, [])
-        return taken
-
-    def grow(self, demand: ModelDemand, remaining: float) -> float:
-        """Give a leftover to this model's own residual or shared gpu-lets, if they can take it
-        (a cheaper home for it than a new gpu-let: the original's mergeResidue in spirit)."""
-        taken = 0.0
-        for state in self.states:
-            for slot in state.slots:
-                for tenant in slot.tenants:
-                    if tenant.demand.name != demand.name or tenant.saturated:
-                        continue
-                    rate = remaining - taken
-                    if rate <= self.config.rate_slack_rps:
-                        return taken
-                    snapshot = self.snapshot(state)
-                    old_rate = tenant.rate_rps
-                    tenant.rate_rps = old_rate + rate
-                    if (
-                        evaluate_device(state, self.perf, self.interference) is None
-                        and tenant.rate_rps >= old_rate + rate - 1e-6
-                    ):
-                        taken += rate
-                        continue
-                    self.restore(state, snapshot)
-                    evaluate_device(state, self.perf, self.interference)
-        return taken
-
-    def merge_residue(self, demand: ModelDemand) -> bool:
-        """Fold a model's residual gpu-lets into the largest of them when it can carry their
-        combined rate (the original's mergeResidue); frees the others. True if it merged."""
-        mine = [
-            (state, slot)
-            for state in self.states
-            for slot in state.slots
-            if len(slot.tenants) == 1
-            and slot.tenants[0].demand.name == demand.name
-            and not slot.tenants[0].saturated
-        ]
-        if len(mine) < 2:
-            return False
-        total = sum(slot.tenants[0].rate_rps for _, slot in mine)
-        keep_state, keep = max(mine, key=lambda c: c[1].size)
-        choice = self.perf.residual(demand.model, keep.size, demand.slo_ms, total)
-        if choice is None or choice.throughput_rps < total - 1e-6:
-            return False
-        states = {id(state): state for state, _ in mine}
-        saved = {
-            key: (
-                list(s.slots),
-                self.snapshot(s),
-                [(x, x.duty_ms, list(x.tenants)) for x in s.slots],
-            )
-            for key, s in states.items()
-        }
-        for state, slot in mine:
-            if slot is not keep:
-                slot.tenants.clear()
-                slot.duty_ms = 0.0
-                if not self.frozen and not state.used():
-                    state.slots[:] = [Slot(state.full_size)]
-        keep.tenants[0].rate_rps = total
-        if all(evaluate_device(s, self.perf, self.interference) is None for s in states.values()):
-            self.explanation.append(
-                f"{demand.name}: merged {len(mine)} residual gpu-lets into one of "
-                f"{keep.size:g} on {keep_state.device.device_id}"
-            )
-            return True
-        for key, state in states.items():
-            slots, snapshot, contents = saved[key]
-            state.slots[:] = slots
-            for slot, duty, tenants in contents:
-                slot.duty_ms, slot.tenants[:] = duty, tenants
-            self.restore(state, snapshot)
-            evaluate_device(state, self.perf, self.interference)
-        return False
-
-    def time_share(self, demand: ModelDemand, remaining: float) -> float:
-        """Join gpu-lets with spare time, one batch per duty cycle each (allocateTimeShare)."""
-        taken = 0.0
-        shared = sorted(
-            (
-                (state, slot)
-                for state in self.states
-                for slot in state.slots
-                if slot.tenants
-                and len(slot.tenants) < self.config.max_models_per_gpulet
-                and slot.occupancy() < 1
-                and all(t.demand.name != demand.name for t in slot.tenants)
-                and not any(t.saturated for t in slot.tenants)
-            ),
-            key=lambda c: -c[1].occupancy(),
-        )
-        for state, slot in shared:
-            rate = remaining - taken
-            if rate <= self.config.rate_slack_rps:
-                break
-            taken += self.join(state, slot, demand, rate)
-        return taken
-
-    def join(self, state: DeviceState, slot: Slot, demand: ModelDemand, rate: float) -> float:
-        top = min(self.config.max_batch, int(slot.duty_ms * rate / 1000))
-        for batch in range(top, 0, -1):
-            duty = 1000 * batch / rate
-            latency = self.perf.estimate_ms(demand.model, batch, slot.size)
-            if latency is None or duty > slot.duty_ms:
-                continue
-            # d + L̂ < SLO and the new batch fits in the slot's spare share of the cycle.
-            if duty + latency < demand.slo_ms and latency / duty < 1 - slot.occupancy():
-                if not self.memory_fits(state, demand, new_process=False):
-                    return 0.0
-                snapshot = self.snapshot(state)
-                old_duty = slot.duty_ms
-                tenant = Tenant(demand, batch, rate, False)
-                slot.tenants.append(tenant)
-                slot.duty_ms = duty
-                if evaluate_device(state, self.perf, self.interference) is None:
-                    return tenant.rate_rps
-                slot.tenants.remove(tenant)
-                slot.duty_ms = old_duty
-                self.restore(state, snapshot)
-                evaluate_device(state, self.perf, self.interference)
-                return 0.0
-        return 0.0
 
     def remove(self, demand: ModelDemand) -> None:
         for state in self.states:

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiler import (
-    ProfileRequest,
-    ProfileStep,
-    ProgressFn,
-    RunBudget,
-    ensure_profile,
-    measure_profile,
-    plan_request,
-)
+from agent.profile_measure import ProfileStep, ProgressFn, measure_profile
+from agent.profile_plan import ProfileRequest, RunBudget, plan_request
+from agent.profiler import ensure_profile
 from common.cluster import DeviceInfo
 from common.profiles import DeviceProfile
 from common.settings import CommonSettings

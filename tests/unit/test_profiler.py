@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.profiler import (
+from agent.profile_plan import (
     BATCHES,
     MachineFacts,
     RunBudget,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from common.profiles import find_profile
-from router.scheduling.elastic import Planner, Want
+from router.scheduling.elastic import Planner
+from router.scheduling.fallbacks import merge_residue
 from router.scheduling.types import Device, ModelDemand, PlanConfig
+from router.scheduling.want import Want
 
 pytestmark = pytest.mark.timeout(60)
 PROFILE = find_profile("a100-class")
@@ -27,7 +29,7 @@ def test_two_residuals_fold_into_the_larger_and_free_the_other() -> None:
     homes = [s for st in planner.states for s in st.slots if s.tenants]
     assert sorted(s.size for s in homes) == [40.0, 60.0]
 
-    assert planner.merge_residue(demand)
+    assert merge_residue(planner, demand)
 
     homes = [s for st in planner.states for s in st.slots if s.tenants]
     assert [s.size for s in homes] == [60.0]
@@ -48,7 +50,7 @@ def test_no_merge_when_the_larger_cannot_carry_both() -> None:
     planner.place(demand, residual_want(planner, demand, 40.0, rate))
     before = sorted((s.size, s.tenants[0].rate_rps) for st in planner.states for s in st.slots
                     if s.tenants)  # fmt: skip
-    assert not planner.merge_residue(demand)
+    assert not merge_residue(planner, demand)
     after = sorted((s.size, s.tenants[0].rate_rps) for st in planner.states for s in st.slots
                    if s.tenants)  # fmt: skip
     assert after == before
@@ -58,4 +60,4 @@ def test_a_single_residual_is_left_alone() -> None:
     planner = Planner("gpulet", [Device("g0", "a", PROFILE)], CONFIG)
     demand = ModelDemand("vgg16", "vgg16", 100.0, 142.0)
     planner.place(demand, residual_want(planner, demand, 40.0, 100.0))
-    assert not planner.merge_residue(demand)
+    assert not merge_residue(planner, demand)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.profiles import PROCESS_OVERHEAD_MB
-from router.scheduling.elastic import Planner, Want
+from router.scheduling.elastic import Planner
 from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.perf import PerfModel
 from router.scheduling.schedulers import (
@@ -14,6 +14,7 @@ from router.scheduling.schedulers import (
 )
 from router.scheduling.state import DeviceState, Slot, Tenant, evaluate_device
 from router.scheduling.types import ModelDemand, Plan, PlanConfig
+from router.scheduling.want import Want
 from tests.support.sched_hand import (
     EXACT,
     HAND,

@@ -241,6 +241,35 @@ async def test_apply_stops_gpulets_no_longer_wanted_and_fails_their_batches(
     assert [t.gpulet_id for t in timings] == ["g3"]
 
 
+async def test_a_retiring_gpulet_finishes_its_batch_while_its_replacement_starts_beside_it(
+    sim: tuple[SimulatedExecutor, list[BatchTiming]],
+) -> None:
+    executor, timings = sim
+    await executor.apply([spec("old", "sim0", 50.0, "slow"), spec("other", "sim0", 50.0, "lenet")])
+    inflight = asyncio.ensure_future(run(executor, "old", "slow", 1))
+    await asyncio.sleep(0)  # one turn: the batch is running; noqa: sleep-ok
+    # The GPU is full, yet the new gpulet fits: a retiring share is not counted.
+    await executor.apply([spec("new", "sim0", 50.0, "slow")], retiring=["old"])
+    assert {s.gpulet_id: s.state for s in executor.statuses()} == {"old": "ready", "new": "ready"}
+    await inflight  # not failed by the switch
+    await executor.apply([spec("new", "sim0", 50.0, "slow")])
+    assert [s.gpulet_id for s in executor.statuses()] == ["new"]
+    assert [t.gpulet_id for t in timings] == ["old"]
+
+
+async def test_a_spec_that_changes_only_batch_sizes_is_taken_in_place(
+    sim: tuple[SimulatedExecutor, list[BatchTiming]],
+) -> None:
+    executor, _ = sim
+    await executor.apply([spec("g", "sim0", 50.0, "slow")])
+    inflight = asyncio.ensure_future(run(executor, "g", "slow", 1))
+    await asyncio.sleep(0)  # one turn: the batch is running; noqa: sleep-ok
+    rebatched = GpuletSpec("g", "agent", "sim0", (), (GpuletModel("slow", 8, 40.0),), 50.0)
+    await executor.apply([rebatched])
+    await inflight  # the gpulet was not restarted under its batch
+    assert executor.gpulets["g"].spec == rebatched
+
+
 def test_simulated_devices_come_from_the_profile() -> None:
     profile = find_profile("a100-class")
     devices = discover_simulated(profile, 4)
