@@ -33,7 +33,7 @@ from agent.executor import serving
 from common import frames
 from common.cluster import DeviceInfo, GpuletState, GpuletStatus
 from common.errors import BackendFailed, BadRequest, DeadlinePassed, Overloaded, Unavailable
-from common.models import BATCH_DIM, CATALOG, TensorSpec
+from common.models import spec_for
 from common.placement import GpuletSpec
 from common.profiles import DeviceProfile, ProfileGap
 from common.settings import AgentSettings
@@ -41,8 +41,6 @@ from router.scheduling.interference import Corunner, InterferenceModel, NoInterf
 
 logger = logging.getLogger(__name__)
 
-# Models only a profile knows (vgg16, resnet152, ...) answer with an ImageNet classifier's output.
-DEFAULT_OUTPUTS = (TensorSpec("output", "float32", (BATCH_DIM, 1000)),)
 
 TimerKind = Literal["timerfd", "loop"]
 
@@ -427,9 +425,8 @@ def batch_size(tensors: dict[str, frames.Array]) -> int:
 
 
 def output_tensors(model: str, batch: int) -> dict[str, frames.Array]:
-    """Zeros of the model's declared output signature, for `batch` items."""
-    spec = CATALOG.get(model)
-    outputs = spec.outputs if spec is not None else DEFAULT_OUTPUTS
+    """Zeros of the model's simulated signature (a token per item), for `batch` items."""
+    outputs = spec_for(model, simulated=True).outputs
     return {o.name: np.zeros((batch, *o.item_shape), dtype=o.dtype) for o in outputs}
 
 

@@ -66,7 +66,6 @@ ATTAINMENT_GOAL = 0.99  # share of requests answered 200 within their SLO
 START_FRACTION = 0.7  # first trial at this share of r*
 STEP_FRACTION = 0.05  # of r*, between trials
 MAX_FRACTION = 1.5  # stop going up here: the prediction is far off, say so
-MIN_FRACTION = 0.2  # stop going down here: nothing meets the goal
 # Total req/s sent at the larger predicted r*: K is the smallest integer that keeps it under
 # this. Measured on the 2-core box (loadgen, router, simulated agent and Redis sharing it;
 # a100-scen3, gpulet+int, token bodies, 20 s trials): 1000 req/s in all met the SLOs of 100 %
@@ -106,34 +105,50 @@ def search_peak(
     meets_goal: Callable[[float], bool],
     start: float = START_FRACTION,
     step: float = STEP_FRACTION,
-    low: float = MIN_FRACTION,
     high: float = MAX_FRACTION,
 ) -> float | None:
-    """The highest fraction of r* on the grid start + i·step that meets the goal; None if none.
+    """The highest fraction of r* on the grid of `step` multiples that meets the goal, between
+    `step` and `high`; None if even `step` misses.
 
-    Walks up from `start` in strides of two steps until a miss, then tries the step between the
-    last hit and that miss (one bisection of the stride); walks down the same way when `start`
-    itself misses. About half the trials of a walk in single steps, at the same resolution.
+    1. bracket: from `start`, up in strides of two steps while it meets the goal; or, when
+       `start` misses, down by halves until a fraction meets it;
+    2. bisect the bracket (last hit, first miss) on the grid until they are one step apart.
     """
 
-    def at(i: int) -> float:
-        return round(start + i * step, 6)
+    def grid(fraction: float) -> float:
+        return round(max(step, round(fraction / step) * step), 6)
 
-    if meets_goal(start):
-        hit = 0
-        while at(hit + 1) <= high:
-            if at(hit + 2) > high or not meets_goal(at(hit + 2)):
-                return at(hit + 1) if meets_goal(at(hit + 1)) else at(hit)
-            hit += 2
-        return at(hit)
-    miss = 0
-    while at(miss - 1) >= low:
-        if at(miss - 2) >= low and meets_goal(at(miss - 2)):
-            return at(miss - 1) if meets_goal(at(miss - 1)) else at(miss - 2)
-        if at(miss - 2) < low:
-            return at(miss - 1) if meets_goal(at(miss - 1)) else None
-        miss -= 2
-    return None
+    hit: float | None = None
+    miss: float | None = None
+    if meets_goal(grid(start)):
+        hit = grid(start)
+        while hit < high:
+            trying = min(grid(hit + 2 * step), grid(high))
+            if not meets_goal(trying):
+                miss = trying
+                break
+            hit = trying
+        if miss is None:
+            return hit  # `high` met the goal: the search stops there
+    else:
+        miss = grid(start)
+        while hit is None:
+            if miss <= step:
+                return None
+            trying = grid(miss / 2)
+            if meets_goal(trying):
+                hit = trying
+            else:
+                miss = trying
+    while miss - hit > step + 1e-9:
+        middle = grid((hit + miss) / 2)
+        if middle in (hit, miss):
+            break
+        if meets_goal(middle):
+            hit = middle
+        else:
+            miss = middle
+    return hit
 
 
 # ---------------------------------------------------------------- predicted peak

@@ -28,7 +28,7 @@ class Run:
 
     scheduler: str
     predicted_rps: float
-    measured_rps: float | None  # None: nothing down to MIN_FRACTION met the goal
+    measured_rps: float | None  # None: not even the lowest rate tried met the goal
     placement: list[str]  # the router's explanation of its plan
     trials: list[Trial]
 
@@ -104,6 +104,8 @@ def render(scenario: Scenario, k: int, runs: Sequence[Run], predicted: Mapping[s
         sent = spread(measured)["median"] * weights / k
         lines.append(f"  {name:11s} {expected:12.0f} {show(measured, 0):>22s} {sent:11.0f} "
                      f"{show([m / expected for m in measured], 3):>24s}")  # fmt: skip
+    if any(r.measured_rps is None for r in runs):
+        lines.append("  (a measured r of 0: not even the lowest rate tried met the goal)")
     found = ratios(runs, predicted)
     if found is not None:
         of, expected_ratio, measured = found

@@ -32,8 +32,14 @@ def setting_for(
 ) -> Setting:
     profile = profile or scenario.profile()
     count = devices or scenario.devices
-    prefix = "cpu" if profile.kind == "cpu" else "gpu"
-    made = tuple(Device(f"{prefix}{i}", "offline", profile) for i in range(count))
+    if profile.kind == "cpu":
+        # A cpu scenario's `devices` counts cores: one device of that many, as a live agent
+        # registers its cores (live.cpu_devices sizes the profile the same way).
+        profile = replace(profile, sizes=tuple(s for s in profile.sizes if s <= count),
+                          full_size=float(count))  # fmt: skip
+        made: tuple[Device, ...] = (Device("cpu0", "offline", profile),)
+    else:
+        made = tuple(Device(f"gpu{i}", "offline", profile) for i in range(count))
     model, note = interference_for(profile)
     return Setting(scenario, profile, made, model, note)
 

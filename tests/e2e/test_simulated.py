@@ -43,7 +43,7 @@ def test_profile_models_take_a_token_and_answer_simulated_outputs(sim: RunningSy
     answer = sim.post("/v1/infer", {"model": "vgg16", "inputs": _inputs(tokens)})
     assert answer.status == 200, answer.body
     assert answer.body["simulated"] is True
-    assert answer.body["outputs"]["output"]["shape"][0] == 2
+    assert answer.body["outputs"]["output"]["shape"] == [2, 1]
 
 
 def test_an_image_for_a_profile_model_names_the_token_it_takes(sim: RunningSystem) -> None:
@@ -83,3 +83,12 @@ def test_a_batch_takes_the_scaled_time(sim: RunningSystem) -> None:
     # TIME_SCALE x the profile's time at least (x a slowdown >= 1 when a neighbour runs);
     # 0.9 leaves room for rounding. At the profile's own speed it would take about a tenth.
     assert answer.body["latency_ms"] >= 0.9 * TIME_SCALE * fastest_ms
+
+
+def test_catalog_models_take_the_token_on_simulated_gpus(sim: RunningSystem) -> None:
+    answer = sim.post(
+        "/v1/infer", {"model": "resnet50", "inputs": _inputs(np.zeros((3, 1), np.float32))}
+    )
+    assert answer.status == 200, answer.body
+    assert answer.body["simulated"] is True
+    assert answer.body["outputs"]["output"]["shape"] == [3, 1]

@@ -95,9 +95,9 @@ async def test_intended_latency_is_the_profiles_and_outputs_have_the_declared_sh
     await executor.apply([spec("g1", "sim0", 50.0, "lenet", "vgg16", "bert_mini")])
     assert [s.state for s in executor.statuses()] == ["ready"]
     for model, n, outputs in [
-        ("lenet", 7, {"output": (7, 10)}),  # catalog signature
-        ("bert_mini", 3, {"logits": (3, 2)}),
-        ("vgg16", 4, {"output": (4, 1000)}),  # profile-only model: the declared default
+        ("lenet", 7, {"output": (7, 1)}),  # the token signature, catalog models too
+        ("bert_mini", 3, {"output": (3, 1)}),
+        ("vgg16", 4, {"output": (4, 1)}),  # profile-only model
     ]:
         reply = await run(executor, "g1", model, n)
         header = reply.header
@@ -198,7 +198,7 @@ async def test_a_batch_beyond_the_profile_fails_the_batch_not_the_gpulet(
         await run(executor, "g1", "lenet", 64)
     with pytest.raises(BadRequest, match="batch axis"):
         await executor.run("g1", "lenet", {"x": np.zeros(())}, time.monotonic() + LONG_S)
-    assert (await run(executor, "g1", "lenet", 32)).tensors["output"].shape == (32, 10)
+    assert (await run(executor, "g1", "lenet", 32)).tensors["output"].shape == (32, 1)
 
 
 async def test_unknown_gpulets_models_and_unservable_specs_are_unavailable(
@@ -281,6 +281,9 @@ def test_simulated_devices_come_from_the_profile() -> None:
         discover_simulated(profile, 0)
 
 
-def test_outputs_follow_the_catalog_else_the_default_classifier() -> None:
-    assert {k: v.shape for k, v in output_tensors("bert_mini", 5).items()} == {"logits": (5, 2)}
-    assert {k: v.shape for k, v in output_tensors("resnet152", 2).items()} == {"output": (2, 1000)}
+def test_outputs_are_one_token_per_item_for_every_model() -> None:
+    for model in ("bert_mini", "resnet152"):
+        outputs = output_tensors(model, 5)
+        assert {k: (v.shape, v.dtype) for k, v in outputs.items()} == {
+            "output": ((5, 1), np.float32)
+        }

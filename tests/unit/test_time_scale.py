@@ -140,3 +140,16 @@ def test_the_peak_r_is_the_same_on_a_scaled_device(scheduler: str, factor: float
     assert expected is not None and expected > 0
     # Within one sweep step: rounding at a feasibility edge may flip one step, no more.
     assert got == pytest.approx(expected, abs=scenario.step_rps)
+
+
+def test_a_cpu_scenario_is_one_device_of_its_cores() -> None:
+    """`devices` in a cpu scenario counts cores: one device that many cores wide."""
+    profile = DeviceProfile(
+        name="cpu-test", kind="cpu", sizes=(1.0, 2.0, 4.0), full_size=4.0, memory_mb=1000.0,
+        latency_points={("m", 1.0): ((1, 10.0),), ("m", 2.0): ((1, 6.0),)},
+    )  # fmt: skip
+    scenario = load_scenario(SHARED / "scenarios" / "cpu-pair.toml")
+    setting = setting_for(scenario, profile)
+    assert [(d.device_id, d.profile.full_size, d.profile.sizes) for d in setting.devices] == [
+        ("cpu0", 2.0, (1.0, 2.0))
+    ]
