@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
+from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publish_profile
 from agent.profiling import NO_PROFILE, ensure_agent_profile
 from agent.simulated import SimulatedExecutor, fitted_interference
 from agent.supervisor import Supervisor
@@ -60,7 +61,8 @@ async def announce_profile(
 
 
 def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], GpuletExecutor]:
-    """Simulated GPUs of a profile when GPULET_SIMULATED_PROFILE is set, else CPU workers."""
+    """Simulated GPUs of a profile when GPULET_SIMULATED_PROFILE is set, else NVIDIA GPUs where
+    found (GPULET_DEVICE_KIND), else CPU workers."""
     if settings.simulated_profile:
         profile = find_profile(settings.simulated_profile)
         devices = discover_simulated(profile, settings.simulated_devices)
@@ -69,6 +71,9 @@ def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], Gpu
         interference = fitted_interference(profile)
         scaled = profile.time_scaled(settings.sim_time_scale)
         return devices, SimulatedExecutor(settings, scaled, devices, interference=interference)
+    nvidia = build_nvidia_executor(settings)
+    if nvidia is not None:
+        return nvidia.devices, nvidia
     return (discover_cpu(settings.agent_cores),), Supervisor(settings)
 
 
@@ -99,10 +104,14 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
             agent_id, url, socket.gethostname(), os.getpid(), devices, time.time(),
             # Simulated GPUs are their named profile (at their time scale): nothing to measure.
             profile_key=simulated_key(settings.simulated_profile, settings.sim_time_scale)
-            if settings.simulated_profile else None,
+            if settings.simulated_profile else
+            # GPUs advertise their profile's key from the start: it is measured beforehand.
+            supervisor.profile_key if isinstance(supervisor, NvidiaSupervisor) else None,
         )  # fmt: skip
         state = runner.app[STATE_KEY]
         state.info = info
+        if isinstance(supervisor, NvidiaSupervisor):
+            await publish_profile(store, settings, supervisor.profile_key)
         await store.heartbeat(info, [], settings.heartbeat_ttl_s)
         beat = asyncio.create_task(
             heartbeat_loop(store, state, settings.heartbeat_ttl_s, settings.heartbeat_interval_s)

@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from agent.executor import serving
-from agent.worker import WorkerConfig, worker_main
+from agent.worker import WorkerConfig, WorkerSetup, worker_main
 from common import frames
 from common.cluster import GpuletState, GpuletStatus
 from common.errors import BackendFailed, DeadlinePassed, GpuletError, Overloaded, Unavailable
@@ -57,6 +57,8 @@ class WorkerSlot:
         self.ready = asyncio.Event()
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
+        self.engine: str | None = None  # as the ready worker reported them
+        self.gpu_memory_bytes = 0
 
     # status -------------------------------------------------------------------------------
     def status(self) -> GpuletStatus:
@@ -69,6 +71,8 @@ class WorkerSlot:
             restarts=self.restarts,
             pending=len(self.pending),
             error=self.error,
+            engine=self.engine,
+            gpu_memory_bytes=self.gpu_memory_bytes,
         )
 
     def _set_state(self, state: GpuletState, error: str | None) -> None:
@@ -110,6 +114,12 @@ class WorkerSlot:
         self.ready.clear()
         loop = asyncio.get_running_loop()
         self.connected = loop.create_future()
+        try:
+            setup = self.sup.worker_setup(self.spec) if self.sup.worker_setup else WorkerSetup()
+        except ValueError as exc:  # e.g. a device this agent does not have
+            self._set_state("failed", str(exc))
+            logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
+            return False
         config = WorkerConfig(
             gpulet_id=self.spec.gpulet_id,
             generation=self.generation,
@@ -118,8 +128,11 @@ class WorkerSlot:
             models=self.spec.model_names,
             model_paths=tuple(str(onnx_path(self.sup.model_dir, m)) for m in self.spec.model_names),
             log_level=self.sup.settings.log_level,
+            env=setup.env,
+            gpu_engine=setup.gpu_engine,
         )
-        missing = _missing_files(config.model_paths)
+        # A GPU engine may need no ONNX file (torch); the worker says what it lacks.
+        missing = _missing_files(config.model_paths) if setup.gpu_engine is None else []
         if missing:
             self._set_state(
                 "failed", f"model files missing: {missing}; build them with `gpulet models build`"
@@ -150,6 +163,8 @@ class WorkerSlot:
             self._set_state("failed", str(first.header.get("error", "worker failed to load")))
             logger.error("gpulet=%s load failed: %s", self.spec.gpulet_id, self.error)
             return False
+        self.engine = first.header.get("engine")
+        self.gpu_memory_bytes = int(first.header.get("gpu_memory_bytes", 0))
         self._set_state("ready", None)
         self.ready.set()
         logger.info(
@@ -317,8 +332,14 @@ class WorkerSlot:
 
 
 class Supervisor:
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        worker_setup: Callable[[GpuletSpec], WorkerSetup] | None = None,
+    ) -> None:
         self.settings = settings
+        # The device's part of each worker (GPU binding and engine); None: CPU workers.
+        self.worker_setup = worker_setup
         self.model_dir = settings.model_dir
         self.mp = multiprocessing.get_context("spawn")
         self._tmp = tempfile.TemporaryDirectory(prefix="gpulet-agent-")

@@ -1,9 +1,10 @@
 """The worker: one spawned process per gpulet, running its models' ONNX Runtime sessions.
 
-Start-up order matters: the partition limit (CPU affinity) is applied before onnxruntime is
-imported, so ORT's thread pool is created inside the core set. Then the worker connects to its
-agent's unix socket, loads and warms up its models, says "ready", and serves one message at a
-time: `run` (a batch, raw tensors), `ping`, `stop`.
+Start-up order matters: the partition limits (the environment that binds a GPU gpulet to its
+GPU, MIG instance or MPS share, then CPU affinity) are applied before onnxruntime or torch is
+imported, so CUDA reads them when it initialises and ORT's thread pool starts inside the core
+set. Then the worker connects to its agent's unix socket, loads and warms up its models, says
+"ready", and serves one message at a time: `run` (a batch, raw tensors), `ping`, `stop`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ class WorkerConfig:
     models: tuple[str, ...]
     model_paths: tuple[str, ...]
     log_level: str = "INFO"
+    # Set in the worker before any CUDA library loads (agent.nvidia.worker_env).
+    env: tuple[tuple[str, str], ...] = ()
+    # None: ONNX Runtime on the CPU; else the GPU engine asked for ("auto", "onnxruntime",
+    # "torch"), chosen in the worker by agent.nvidia.engines.
+    gpu_engine: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a device adds to its gpulets' workers (see WorkerConfig.env and gpu_engine)."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    gpu_engine: str | None = None
 
 
 def worker_main(config: WorkerConfig) -> None:
@@ -47,6 +61,7 @@ def worker_main(config: WorkerConfig) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the agent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    os.environ.update(dict(config.env))
     if config.cores:
         os.sched_setaffinity(0, set(config.cores))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -54,15 +69,17 @@ def worker_main(config: WorkerConfig) -> None:
     hello = {"op": "hello", "gpulet_id": config.gpulet_id, "generation": config.generation}
     send_message(sock, frames.encode({**hello, "pid": os.getpid()}))
     try:
-        runner = ModelRunner.load(config)
+        runner = load_runner(config)
     except Exception as exc:
         logger.exception("worker load failed gpulet=%s", config.gpulet_id)
         send_message(sock, frames.encode({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         sys.exit(1)
-    send_message(sock, frames.encode({"op": "ready", "load_ms": runner.load_ms}))
+    ready = {"op": "ready", "load_ms": runner.load_ms, "engine": runner.engine,
+             "gpu_memory_bytes": runner.gpu_memory_bytes}  # fmt: skip
+    send_message(sock, frames.encode(ready))
     logger.info(
-        "worker ready gpulet=%s models=%s cores=%s load_ms=%.0f",
-        config.gpulet_id, ",".join(config.models), config.cores, runner.load_ms,
+        "worker ready gpulet=%s models=%s cores=%s engine=%s load_ms=%.0f",
+        config.gpulet_id, ",".join(config.models), config.cores, runner.engine, runner.load_ms,
     )  # fmt: skip
     try:
         serve(sock, runner)
@@ -86,13 +103,31 @@ def serve(sock: socket.socket, runner: ModelRunner) -> None:
             logger.warning("unknown op %r ignored", op)
 
 
-class ModelRunner:
-    """ONNX Runtime sessions of one gpulet; imports onnxruntime only once affinity is set."""
+def load_runner(config: WorkerConfig) -> ModelRunner:
+    """ONNX Runtime on the CPU, or a GPU engine (whose module loads only for GPU gpulets)."""
+    if config.gpu_engine is None:
+        return ModelRunner.load(config)
+    from agent.nvidia.engines import load_gpu_runner
 
-    def __init__(self, sessions: dict[str, Any], specs: dict[str, ModelSpec], load_ms: float):
+    return load_gpu_runner(config)
+
+
+class ModelRunner:
+    """Sessions of one gpulet: ONNX Runtime's, or any with the same `run(None, feeds)`; imports
+    onnxruntime only once the partition limits are set."""
+
+    def __init__(
+        self,
+        sessions: dict[str, Any],
+        specs: dict[str, ModelSpec],
+        load_ms: float,
+        engine: str = "onnxruntime-cpu",
+    ) -> None:
         self.sessions = sessions
         self.specs = specs
         self.load_ms = load_ms
+        self.engine = engine
+        self.gpu_memory_bytes = 0  # what a GPU engine holds after warm-up
 
     @classmethod
     def load(cls, config: WorkerConfig) -> ModelRunner:
@@ -115,11 +150,15 @@ class ModelRunner:
             check_signature(spec, session)
             sessions[name], specs[name] = session, spec
         runner = cls(sessions, specs, 0.0)
-        for name in config.models:
-            for _ in range(WARMUP_RUNS):
-                runner.run(name, warmup_inputs(specs[name]))
+        runner.warm_up()
         runner.load_ms = (time.perf_counter() - started) * 1000
         return runner
+
+    def warm_up(self, batches: tuple[int, ...] = (1,)) -> None:
+        for name, spec in self.specs.items():
+            for batch in batches:
+                for _ in range(WARMUP_RUNS):
+                    self.run(name, warmup_inputs(spec, batch))
 
     def run(self, model: str, inputs: dict[str, frames.Array]) -> dict[str, frames.Array]:
         session = self.sessions[model]
@@ -151,8 +190,8 @@ def _error(request_id: Any, code: str, message: str) -> bytes:
     return frames.encode({"op": "error", "id": request_id, "code": code, "message": message})
 
 
-def warmup_inputs(spec: ModelSpec) -> dict[str, frames.Array]:
-    return {t.name: np.zeros((1, *t.item_shape), dtype=t.dtype) for t in spec.inputs}
+def warmup_inputs(spec: ModelSpec, batch: int = 1) -> dict[str, frames.Array]:
+    return {t.name: np.zeros((batch, *t.item_shape), dtype=t.dtype) for t in spec.inputs}
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}

@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even when current")
     models_sub.add_parser("list", help="catalog models and whether their files are current")
 
-    profile = sub.add_parser("profile", help="measure latency per model, batch and core-set size")
+    profile = sub.add_parser(
+        "profile", help="measure latency per model, batch and core-set (or, --nvidia, MPS) size"
+    )
     profile.add_argument("--models", type=_models_arg, default=tuple(model_names()),
                          help="comma-separated models to profile (default: all)")  # fmt: skip
     profile.add_argument("--cores", help="cores to profile, e.g. '0-3' (default: all allowed)")
@@ -157,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="measure even when the stored profile matches")  # fmt: skip
     profile.add_argument("--json", metavar="PATH",
                          help="also write the profile as JSON to PATH ('-': stdout)")  # fmt: skip
+    from agent.nvidia.profile_cli import add_arguments as add_gpu_profiling
+
+    add_gpu_profiling(profile)
     return parser
 
 
@@ -228,6 +233,10 @@ def _models_command(args: argparse.Namespace) -> int:
 
 def _profile_command(args: argparse.Namespace) -> int:
     """Measure (or reuse the stored) profile with a progress bar on stderr; print a table."""
+    if args.nvidia:
+        from agent.nvidia.profile_cli import run_nvidia_profile
+
+        return run_nvidia_profile(args)
     import asyncio
     import json
     import time

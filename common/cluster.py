@@ -26,12 +26,36 @@ def parse_simulated_key(key: str) -> tuple[str, float] | None:
     return name, float(scale) if mark else 1.0
 
 
+# Agents of real GPUs told to plan on a shared profile (GPULET_NVIDIA_PROFILE) advertise
+# "profile:<name>": loaded by name like a simulated agent's, at its own speed.
+NAMED_KEY = "profile:"
+
+
+def named_key(profile: str) -> str:
+    return f"{NAMED_KEY}{profile}"
+
+
+def parse_named_key(key: str) -> tuple[str, float] | None:
+    """(profile name, time scale 1) of a shared profile's key, as `parse_simulated_key` gives
+    for simulated agents; None for any other key."""
+    if not key.startswith(NAMED_KEY):
+        return None
+    return key.removeprefix(NAMED_KEY), 1.0
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     device_id: str
     kind: str  # "cpu" | "nvidia" | "simulated"
     cores: tuple[int, ...]  # for kind "cpu": the core ids this device may use
     memory_bytes: int = 0
+    # The partition sizes this device offers, in its kind's unit (nvidia: % of the GPU); empty:
+    # whatever the profile allows (cpu: 1..len(cores)).
+    sizes: tuple[float, ...] = ()
+    # How gpulets share it (nvidia): "mps", "mig" or "time-sliced" (MPS unusable: whole-GPU
+    # gpulets only); empty for other kinds.
+    sharing: str = ""
+    note: str = ""  # for people: the GPU, and why it shares as it does
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +63,9 @@ class DeviceInfo:
             "kind": self.kind,
             "cores": list(self.cores),
             "memory_bytes": self.memory_bytes,
+            "sizes": list(self.sizes),
+            "sharing": self.sharing,
+            "note": self.note,
         }
 
     @classmethod
@@ -48,6 +75,9 @@ class DeviceInfo:
             kind=str(data["kind"]),
             cores=tuple(int(c) for c in data.get("cores", ())),
             memory_bytes=int(data.get("memory_bytes", 0)),
+            sizes=tuple(float(s) for s in data.get("sizes", ())),
+            sharing=str(data.get("sharing", "")),
+            note=str(data.get("note", "")),
         )
 
 
@@ -96,6 +126,8 @@ class GpuletStatus:
     restarts: int
     pending: int
     error: str | None = None
+    engine: str | None = None  # what runs its models, once its worker is ready
+    gpu_memory_bytes: int = 0  # GPU memory its worker holds after warm-up (0: none or unknown)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +139,8 @@ class GpuletStatus:
             "restarts": self.restarts,
             "pending": self.pending,
             "error": self.error,
+            "engine": self.engine,
+            "gpu_memory_bytes": self.gpu_memory_bytes,
         }
 
     @classmethod
@@ -120,4 +154,6 @@ class GpuletStatus:
             restarts=int(data.get("restarts", 0)),
             pending=int(data.get("pending", 0)),
             error=data.get("error"),
+            engine=data.get("engine"),
+            gpu_memory_bytes=int(data.get("gpu_memory_bytes", 0)),
         )

@@ -8,6 +8,7 @@ code builds these and passes them down.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field
@@ -130,4 +131,39 @@ class AgentSettings(CommonSettings):
         gt=0,
         description="simulated GPUs run this many times slower than their profile (every "
         "latency x k): rates / k, SLOs x k, the same plans",
+    )
+    device_kind: Literal["auto", "cpu", "nvidia"] = Field(
+        default="auto",
+        description="auto: NVIDIA GPUs when NVML (or nvidia-smi) finds any and a GPU engine is "
+        "installed, else CPU core sets; cpu; nvidia (fail if none)",
+    )
+    nvidia_gpus: str | None = Field(
+        default=None, description="GPUs to use, by index or UUID, e.g. '0,2'; default: all"
+    )
+    mps_sizes: str = Field(
+        default="20,40,50,60,80,100",
+        description="MPS gpu-let sizes in % of a GPU (the original's; reference/gpulet-paper.md "
+        "section 1.3)",
+    )
+    mps_pipe_dir: Path | None = Field(
+        default=None,
+        description="MPS control daemon pipe directory; default: this agent's own, "
+        "$TMPDIR/gpulet-mps-<uid>/pipe. Name a running daemon's (e.g. /tmp/nvidia-mps) to "
+        "share it",
+    )
+    mps_log_dir: Path | None = Field(
+        default=None, description="MPS daemon log directory; default: beside the pipe directory"
+    )
+    gpu_memory_limit_mb: float = Field(
+        default=0.0, ge=0, description="per-gpulet GPU memory cap under MPS; 0: none"
+    )
+    gpu_engine: Literal["auto", "onnxruntime", "torch"] = Field(
+        default="auto",
+        description="GPU worker engine: onnxruntime (CUDA EP, needs onnxruntime-gpu), torch "
+        "(the zoo's nets on CUDA), or auto (onnxruntime when it has CUDA, else torch)",
+    )
+    nvidia_profile: str | None = Field(
+        default=None,
+        description="plan NVIDIA devices on this shared profile (NAME.toml, e.g. a100-class) "
+        "instead of the one `gpulet profile --nvidia` measured here",
     )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from common.cluster import AgentInfo, parse_simulated_key
+from common.cluster import AgentInfo, parse_named_key, parse_simulated_key
 from common.errors import GpuletError
 from common.placement import EMPTY_PLACEMENT, GpuletSpec, Placement, carry_ids
 from common.profiles import DeviceProfile, find_profile
@@ -265,7 +265,8 @@ class Controller:
             logger.warning("agents measured %d different profiles; planning on %s", len(keys),
                            keys[0])  # fmt: skip
         interference: InterferenceModel | None = None
-        simulated = parse_simulated_key(keys[0])
+        # A shared profile by name: simulated GPUs', or real ones' told GPULET_NVIDIA_PROFILE.
+        simulated = parse_simulated_key(keys[0]) or parse_named_key(keys[0])
         if simulated is not None:
             name, time_scale = simulated
             profile = find_profile(name)

@@ -17,6 +17,25 @@ from common.settings import CommonSettings
 from common.store import Store
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where NVML (or nvidia-smi) finds an NVIDIA GPU; elsewhere they
+    skip, saying what was missing. Asking NVML loads no CUDA library into this process."""
+    wanted = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not wanted:
+        return
+    from agent.nvidia.backend import read_host_gpus
+    from agent.nvidia.nvml import NvmlError
+
+    try:
+        found = bool(read_host_gpus()[0])
+        reason = "no NVIDIA GPU listed"
+    except NvmlError as exc:
+        found, reason = False, str(exc)
+    if not found:
+        for item in wanted:
+            item.add_marker(pytest.mark.skip(reason=f"needs an NVIDIA GPU: {reason}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """REDIS_URL / GPULET_REDIS_URL if set, else redis-server on PATH, else embedded Valkey."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from common.cluster import AgentInfo
+from common.cluster import AgentInfo, DeviceInfo
 from common.placement import GpuletModel, GpuletSpec, Placement
 from common.profiles import DeviceProfile
 from router.scheduling.interference import InterferenceModel, NoInterference
@@ -37,7 +37,8 @@ def cpu_devices(
 ) -> tuple[list[Device], dict[str, tuple[int, ...]]]:
     """The agents' devices the profile describes, and each one's core ids (CPU only).
 
-    CPU devices get the profile sized to their own cores; simulated GPUs take it whole.
+    CPU devices get the profile sized to their own cores; simulated GPUs take it whole; NVIDIA
+    GPUs take it with the sizes they offer (nvidia_profile).
     """
     devices = []
     cores_of: dict[str, tuple[int, ...]] = {}
@@ -47,6 +48,13 @@ def cpu_devices(
                 device_id = f"{agent.agent_id}/{info.device_id}"
                 devices.append(Device(device_id, agent.agent_id, profile))
                 cores_of[device_id] = ()
+                continue
+            if info.kind == "nvidia" and profile.kind == "nvidia":
+                sized_gpu = nvidia_profile(info, profile)
+                if sized_gpu is not None:
+                    device_id = f"{agent.agent_id}/{info.device_id}"
+                    devices.append(Device(device_id, agent.agent_id, sized_gpu))
+                    cores_of[device_id] = ()
                 continue
             if info.kind != "cpu" or not info.cores or profile.kind != "cpu":
                 continue
@@ -60,6 +68,24 @@ def cpu_devices(
             devices.append(Device(device_id, agent.agent_id, sized))
             cores_of[device_id] = info.cores
     return devices, cores_of
+
+
+def nvidia_profile(info: DeviceInfo, profile: DeviceProfile) -> DeviceProfile | None:
+    """The profile as one real GPU offers it; None when it offers no size the profile covers.
+
+    Sizes are % of a GPU, the partition a gpulet's size. An MPS GPU offers its configured
+    sizes, a time-sliced one 100 only (no share is enforced); a MIG instance is a device of its
+    own whose one size (and whole) is its share, its latency interpolated between the
+    profile's MPS sizes: an estimate, since MIG also splits memory and L2. Sizes outside the
+    profile's measured range are dropped: the planner never extrapolates.
+    """
+    low, high = profile.sizes[0], profile.sizes[-1]
+    sizes = tuple(s for s in (info.sizes or profile.sizes) if low <= s <= high)
+    if not sizes:
+        return None
+    memory_mb = info.memory_bytes / 2**20 if info.memory_bytes else profile.memory_mb
+    full_size = sizes[-1] if info.sharing == "mig" else profile.full_size
+    return replace(profile, sizes=sizes, full_size=full_size, memory_mb=memory_mb)
 
 
 def plan_live(

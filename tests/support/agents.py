@@ -24,6 +24,15 @@ def spawn_sim_agent(
     redis_url: str, key_prefix: str, devices: int, *, profile: str = "a100-class",
     agent_id: str | None = None, env: dict[str, str] | None = None,
 ) -> SimAgent:  # fmt: skip
+    args = ["--simulated", profile, "--devices", str(devices)]
+    return spawn_agent(redis_url, key_prefix, args, agent_id=agent_id, env=env)
+
+
+def spawn_agent(
+    redis_url: str, key_prefix: str, args: list[str], *, agent_id: str | None = None,
+    env: dict[str, str] | None = None,
+) -> SimAgent:  # fmt: skip
+    """`gpulet agent ARGS` as a real process on a free port, in the repository root."""
     port = free_port()
     agent_id = agent_id or f"sim-agent-{port}"
     full_env = {
@@ -31,9 +40,8 @@ def spawn_sim_agent(
         "GPULET_AGENT_PORT": str(port), "GPULET_AGENT_ID": agent_id,
         "GPULET_HEARTBEAT_INTERVAL_S": "0.2", "GPULET_LOG_LEVEL": "WARNING", **(env or {}),
     }  # fmt: skip
-    args = [sys.executable, "-m", "common.cli", "agent", "--simulated", profile,
-            "--devices", str(devices)]  # fmt: skip
+    command = [sys.executable, "-m", "common.cli", "agent", *args]
     process = subprocess.Popen(
-        args, env=full_env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent
+        command, env=full_env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent
     )
     return SimAgent(agent_id, f"http://127.0.0.1:{port}", process)
