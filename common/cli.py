@@ -1,4 +1,4 @@
-"""The `gpulet` command: up, router, agent, models, profile.
+"""The `gpulet` command: up, router, agent, status, plan, peak, loadgen, models, profile.
 
 Settings are built here and passed down.
 """
@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_planning(sub)
 
+    from common.operator_cli import add_status_parser
+
+    add_status_parser(sub)
+
     from loadgen.cli import add_parser as add_loadgen
 
     add_loadgen(sub)
@@ -198,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(agent_settings.log_level, process_name="agent")
         run_agent(agent_settings)
         return 0
+    if args.command == "status":
+        from common.operator_cli import run_status
+
+        return run_status(args)
     if args.command in ("plan", "peak"):
         from router.scheduling.commands import run as run_planning
 

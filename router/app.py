@@ -20,21 +20,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import BadRequest, GpuletError, PayloadTooLarge, Unavailable
+from common.errors import BadRequest, GpuletError, Unavailable
 from common.models import ModelSpec, spec_for
 from common.settings import RouterSettings
 from common.store import Store
-from router import codec
+from router import codec, oip, openapi
 from router.agent_client import AgentClient
+from router.bodies import read_body
 from router.control import Controller
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
+from router.metrics import DispatchMetrics
+from router.openapi import error_responses
+from router.operator_routes import operator_routes
 from router.rates import RateMonitor
 
 logger = logging.getLogger(__name__)
 
 REPLANS_SHOWN = 50  # /v1/cluster lists the latest re-plans
-DRAIN_FACTOR = 4  # an oversized body up to this multiple of the limit is read before the 413
 INFER_EXAMPLE = {
     "model": "noop",
     "inputs": {"input": [[0.0] * 16]},
@@ -86,29 +89,6 @@ def error_response(error: GpuletError, request_id: str | None = None) -> Respons
     )  # fmt: skip
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        # Read (and drop) what the client is still sending, so it gets our 413 instead of a
-        # broken pipe; past the drain cap we stop reading and the connection closes.
-        if int(declared) <= limit * DRAIN_FACTOR:
-            async for _ in request.stream():
-                pass
-        raise PayloadTooLarge(
-            f"body of {declared} bytes exceeds the limit of {limit}; use the base64 form or "
-            "split the batch",
-            payload_bytes=int(declared),
-            limit_bytes=limit,
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", limit_bytes=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(
     settings: RouterSettings, *, store: Store, client: AgentClient | None = None
 ) -> FastAPI:
@@ -125,12 +105,14 @@ def create_app(
         arrivals=arrivals,
         epoch_s=settings.replan_epoch_s,
     )
+    observed = DispatchMetrics()  # what /metrics counts per request and batch
     dispatcher = Dispatcher(
         client,
         queue_limit_items=settings.max_inflight_per_gpulet,
         retry_after_s=settings.retry_after_s,
         views=lambda route: plan_view(route, controller.profile),
         best_latency_ms=lambda model: best_latency_ms(controller.profile, model),
+        observer=observed,
     )
     controller.on_table = dispatcher.follow
     controller.in_use = dispatcher.in_use
@@ -158,6 +140,9 @@ def create_app(
         description="Multi-model inference under latency SLOs on gpu-lets.",
     )
     app.state.controller = controller
+    app.include_router(operator_routes(controller, dispatcher, arrivals, observed))
+    app.include_router(oip.build_router(settings, models, dispatcher, controller, arrivals))
+    openapi.install(app)  # validation errors are documented as the 400s they answer
 
     @app.exception_handler(GpuletError)
     async def on_gpulet_error(request: Request, exc: GpuletError) -> Response:
@@ -166,8 +151,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        body = {"error": {"code": code, "message": f"{exc.detail}: {request.method} "
-                          f"{request.url.path}"}}  # fmt: skip
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        if request.url.path.startswith(oip.PREFIX):  # OIP clients read {"error": "<message>"}
+            return oip.plain_error(exc.status_code, code, message)
+        body = {"error": {"code": code, "message": message}}
         return Response(codec.dumps(body), status_code=exc.status_code,
                         media_type="application/json")  # fmt: skip
 
@@ -183,6 +170,7 @@ def create_app(
     @app.post(
         "/v1/infer",
         summary="Run one request (a batch of one or more items) on a model",
+        responses=error_responses(400, 404, 413, 422, 502, 503, 504),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -203,7 +191,7 @@ def create_app(
             deadline_ms = min(slo_ms * settings.deadline_factor, settings.max_deadline_ms)
             result = await dispatcher.submit(
                 parsed.model.name, parsed.inputs, parsed.batch, slo_ms,
-                (received * 1000) + deadline_ms, request_id,
+                (received * 1000) + deadline_ms, request_id, received_ms=received * 1000,
             )  # fmt: skip
         except GpuletError as exc:
             if exc.status >= 500:
@@ -226,7 +214,11 @@ def create_app(
         return Response(codec.dumps(body), media_type="application/json",
                         headers={"X-Request-Id": request_id})  # fmt: skip
 
-    @app.get("/v1/models", summary="Served models, their signatures and readiness")
+    @app.get(
+        "/v1/models",
+        summary="Served models, their signatures and readiness",
+        responses=error_responses(),
+    )
     async def list_models() -> Response:
         ready = controller.table.ready_models()
         rates = arrivals.rates(time.monotonic() * 1000)
@@ -237,7 +229,11 @@ def create_app(
         ]  # fmt: skip
         return Response(codec.dumps({"models": listed}), media_type="application/json")
 
-    @app.get("/v1/cluster", summary="Agents, devices, gpulets and the placement, from Redis")
+    @app.get(
+        "/v1/cluster",
+        summary="Agents, devices, gpulets and the placement, from Redis",
+        responses=error_responses(503),
+    )
     async def cluster() -> Response:
         agents = await store.agents()
         statuses = await store.gpulet_statuses(a.agent_id for a in agents)
@@ -253,11 +249,15 @@ def create_app(
         }
         return Response(codec.dumps(body), media_type="application/json")
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness", responses=error_responses())
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Ready when every served model has a warm gpulet")
+    @app.get(
+        "/readyz",
+        summary="Ready when every served model has a warm gpulet",
+        responses=error_responses(503),
+    )
     async def readyz() -> Response:
         missing = sorted(set(models) - controller.table.ready_models())
         if missing:

@@ -103,7 +103,7 @@ def decode_request(
 
 def decode_tensor(spec: TensorSpec, value: Any) -> tuple[Array, InputForm]:
     if isinstance(value, list):
-        return _check_shape(spec, _from_nested(spec, value)), "nested"
+        return _check_shape(spec, from_list(spec, value)), "nested"
     if isinstance(value, dict):
         return _from_object(spec, value)
     raise BadRequest(
@@ -114,7 +114,7 @@ def decode_tensor(spec: TensorSpec, value: Any) -> tuple[Array, InputForm]:
     )
 
 
-def _from_nested(spec: TensorSpec, value: list[Any]) -> Array:
+def from_list(spec: TensorSpec, value: list[Any]) -> Array:
     try:
         array = np.asarray(value)
     except ValueError:
@@ -123,10 +123,10 @@ def _from_nested(spec: TensorSpec, value: list[Any]) -> Array:
             input=spec.name,
             expected=spec.describe(),
         ) from None
-    return _cast(spec, array)
+    return cast_numbers(spec, array)
 
 
-def _cast(spec: TensorSpec, array: Array) -> Array:
+def cast_numbers(spec: TensorSpec, array: Array) -> Array:
     kind = array.dtype.kind
     target = np.dtype(spec.dtype)
     if kind not in "biuf" or (kind == "b" and target.kind != "b"):
@@ -208,7 +208,7 @@ def _from_object(spec: TensorSpec, value: dict[str, Any]) -> tuple[Array, InputF
                 f"input {spec.name!r}: {len(data)} values given, shape {shape} needs {count}",
                 input=spec.name,
             )
-        array = _from_nested(spec, data)
+        array = from_list(spec, data)
         if array.ndim != 1 and count:
             raise BadRequest(f"input {spec.name!r}: 'data' must be a flat list", input=spec.name)
         return _check_shape(spec, array.reshape(shape)), "flat"
@@ -217,17 +217,24 @@ def _from_object(spec: TensorSpec, value: dict[str, Any]) -> tuple[Array, InputF
 
 
 def _check_shape(spec: TensorSpec, array: Array) -> Array:
+    check_shape(spec, tuple(array.shape))
+    return array
+
+
+def check_shape(spec: TensorSpec, got: tuple[int, ...], expected: str | None = None) -> None:
+    """BadRequest unless `got` is the spec's item shape under a batch axis of at least 1;
+    `expected` describes the tensor in the caller's terms (default: `spec.describe()`)."""
     want = spec.item_shape
-    got = tuple(array.shape)
     if len(got) == len(spec.shape) and got[1:] == want and got[0] >= 1:
-        return array
+        return
+    expected = expected or spec.describe()
     hint = ""
     if got == want:
-        hint = "; add a batch axis (a list of one item)"
+        hint = f"; add a batch axis: shape {[1, *got]} for one item"
     raise BadRequest(
-        f"input {spec.name!r}: shape {list(got)} given, {spec.describe()} expected{hint}",
+        f"input {spec.name!r}: shape {list(got)} given, {expected} expected{hint}",
         input=spec.name,
-        expected=spec.describe(),
+        expected=expected,
         got=list(got),
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -24,6 +25,7 @@ from common.errors import DeadlinePassed, GpuletError, Unavailable
 from router.agent_client import AgentClient
 from router.dispatch.admission import Verdict, admit
 from router.dispatch.batching import GpuletPlanView, Pending, decide
+from router.dispatch.observer import OK, DispatchObserver, NoObserver
 from router.dispatch.weights import RouteLoad, pick
 from router.routing import Route, RoutingTable
 
@@ -66,16 +68,25 @@ class GpuletQueue:
         view: GpuletPlanView,
         client: AgentClient,
         clock: Callable[[], float],
+        observer: DispatchObserver,
     ) -> None:
         self.route = route
         self.view = view
         self.client = client
         self.clock = clock
+        self.observer = observer
         self.entries: dict[str, Entry] = {}
         self.queued_items = 0
         self.inflight_items = 0
         self.turn = 0
         self.busy_until_ms = 0.0
+        self._predicted_ms: dict[int, float] = {}  # batches sent and not answered, in order
+        self._batch_numbers = itertools.count()
+        # Measured busy time (a batch in flight), for the observer: overlapping batches count
+        # once, so it never exceeds wall time.
+        self._batches_in_flight = 0
+        self._busy_ms = 0.0  # not yet reported
+        self._busy_mark_ms = 0.0  # when `_busy_ms` was last brought up to date
         self.closing = False
         self._wakeup = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
@@ -148,12 +159,15 @@ class GpuletQueue:
         batch = [self._take(request_id) for request_id in decision.dispatch]
         items = sum(e.pending.items for e in batch)
         turn = next(t for t in self.view.models if t.model == decision.model)
-        self.busy_until_ms = max(self.busy_until_ms, now_ms) + turn.predict(items)
+        predicted_ms = turn.predict(items)
+        self.busy_until_ms = max(self.busy_until_ms, now_ms) + predicted_ms
+        batch_no = next(self._batch_numbers)
+        self._predicted_ms[batch_no] = predicted_ms
         self.turn = decision.next_turn
         self.inflight_items += items
         if inline_for is not None and decision.dispatch == (inline_for,):
-            return SENT, self._send(decision.model, batch, items)
-        task = asyncio.create_task(self._send(decision.model, batch, items))
+            return SENT, self._send(decision.model, batch, items, batch_no)
+        task = asyncio.create_task(self._send(decision.model, batch, items, batch_no))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
         return SENT, None
@@ -163,7 +177,16 @@ class GpuletQueue:
         self.queued_items -= entry.pending.items
         return entry
 
-    async def _send(self, model: str, batch: list[Entry], items: int) -> None:
+    def _busy_tick(self, now_ms: float) -> None:
+        """Bring `_busy_ms` up to `now_ms`: the time since the last tick was busy if a batch
+        was in flight throughout it (the count changes only at ticks)."""
+        if self._batches_in_flight:
+            self._busy_ms += now_ms - self._busy_mark_ms
+        self._busy_mark_ms = now_ms
+
+    async def _send(self, model: str, batch: list[Entry], items: int, batch_no: int) -> None:
+        self._busy_tick(self.clock() * 1000)
+        self._batches_in_flight += 1
         try:
             inputs = {
                 name: np.concatenate([e.inputs[name] for e in batch], axis=0)
@@ -196,6 +219,16 @@ class GpuletQueue:
                     entry.future.set_exception(GpuletError(f"internal error: {type(exc).__name__}"))
         finally:
             self.inflight_items -= items
+            # Re-anchor the predicted end on what happened: the agent runs a gpu-let's batches
+            # in order, so the next one starts now. Summing margin-inflated predictions alone
+            # drifts ahead of a gpu-let kept busy, and drops requests it could still serve.
+            self._predicted_ms.pop(batch_no, None)
+            self.busy_until_ms = self.clock() * 1000 + sum(self._predicted_ms.values())
+            now_ms = self.clock() * 1000
+            self._busy_tick(now_ms)
+            self._batches_in_flight -= 1
+            busy_ms, self._busy_ms = self._busy_ms, 0.0
+            self.observer.batch_done(self.route.gpulet.gpulet_id, model, items, busy_ms, now_ms)
             self._wakeup.set()
 
     def _fail_all(self, error: GpuletError) -> None:
@@ -215,6 +248,7 @@ class Dispatcher:
     views: Callable[[Route], GpuletPlanView]
     best_latency_ms: Callable[[str], float | None]
     clock: Callable[[], float] = time.monotonic
+    observer: DispatchObserver = field(default_factory=NoObserver)  # metrics, when served
     queues: dict[str, GpuletQueue] = field(default_factory=dict)
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     _routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
@@ -243,7 +277,7 @@ class Dispatcher:
         for gpulet_id, route in wanted.items():
             if gpulet_id not in self.queues:
                 self.queues[gpulet_id] = GpuletQueue(route, self.views(route), self.client,
-                                                     self.clock)  # fmt: skip
+                                                     self.clock, self.observer)  # fmt: skip
 
     def in_use(self) -> set[str]:
         """Gpu-lets that have a queue, or a queue still draining: not to be stopped yet."""
@@ -264,12 +298,15 @@ class Dispatcher:
 
     async def submit(
         self, model: str, inputs: dict[str, frames.Array], items: int, slo_ms: float,
-        deadline_ms: float, request_id: str,
+        deadline_ms: float, request_id: str, *, received_ms: float | None = None,
     ) -> Result:  # fmt: skip
+        """Run one request; `received_ms` (monotonic) dates its arrival for the observer's
+        latency (default: now)."""
+        started_ms = self.clock() * 1000 if received_ms is None else received_ms
         queues = [self.queues[r.gpulet.gpulet_id] for r in self._routes.get(model, ())
                   if r.gpulet.gpulet_id in self.queues]  # fmt: skip
         if not queues:
-            self.count(model, "unavailable")
+            self._answered(model, "unavailable", None, started_ms, slo_ms)
             raise Unavailable(f"no ready gpulet serves {model} yet; retry shortly", model=model,
                               retry_after_s=self.retry_after_s)  # fmt: skip
         queued = sum(q.queued_items for q in queues)
@@ -279,11 +316,12 @@ class Dispatcher:
                         self.queue_limit_items * len(queues), self.retry_after_s)  # fmt: skip
         if verdict.verdict is not Verdict.OK:
             assert verdict.error is not None
-            self.count(model, verdict.error.code)
+            self._answered(model, verdict.error.code, None, started_ms, slo_ms)
             raise verdict.error
         loads = [RouteLoad(q.route.gpulet.gpulet_id, _planned(q.route, model), q.outstanding_items)
                  for q in queues]  # fmt: skip
         queue = self.queues[pick(loads)]
+        gpulet_id = queue.route.gpulet.gpulet_id
         future: asyncio.Future[Answer]
         future = asyncio.get_running_loop().create_future()
         arrived_ms = self.clock() * 1000
@@ -298,18 +336,24 @@ class Dispatcher:
             async with asyncio.timeout(max(0.0, deadline_ms / 1000 - self.clock()) + GUARD_S):
                 answer = await future
         except TimeoutError:
-            self.count(model, "deadline_exceeded")
+            self._answered(model, DeadlinePassed.code, gpulet_id, started_ms, slo_ms)
             raise DeadlinePassed(f"{model}: no answer before the deadline", model=model) from None
         except GpuletError as exc:
-            self.count(model, exc.code)
+            self._answered(model, exc.code, gpulet_id, started_ms, slo_ms)
             raise
-        self.count(model, "ok")
-        return Result(answer.outputs, queue.route.gpulet.gpulet_id, answer.batch_items,
-                      answer.simulated)  # fmt: skip
+        self._answered(model, OK, gpulet_id, started_ms, slo_ms)
+        return Result(answer.outputs, gpulet_id, answer.batch_items, answer.simulated)
 
     def count(self, model: str, outcome: str) -> None:
         per_model = self.outcomes.setdefault(model, {})
         per_model[outcome] = per_model.get(outcome, 0) + 1
+
+    def _answered(
+        self, model: str, code: str, gpulet_id: str | None, started_ms: float, slo_ms: float
+    ) -> None:
+        self.count(model, code)
+        now_ms = self.clock() * 1000
+        self.observer.request_done(model, code, gpulet_id, now_ms - started_ms, slo_ms, now_ms)
 
     async def close(self) -> None:
         queues, self.queues = list(self.queues.values()), {}

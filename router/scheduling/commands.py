@@ -1,4 +1,5 @@
-"""`gpulet plan` and `gpulet peak`: plan any scenario file offline and print why."""
+"""`gpulet plan` and `gpulet peak`: plan any scenario file offline and print why; with `--url`,
+the live cluster behind a router instead (common/operator_cli.py)."""
 
 from __future__ import annotations
 
@@ -24,16 +25,19 @@ from router.scheduling.types import PlanConfig
 
 
 def add_parsers(sub: Any) -> None:
-    plan = sub.add_parser("plan", help="plan a scenario file offline and explain the placement")
-    plan.add_argument("scenario", type=Path, help="a scenario TOML (shared/scenarios format)")
+    plan = sub.add_parser("plan", help="plan a scenario file offline and explain the placement "
+                          "(--url: the running plan, predicted)")  # fmt: skip
+    plan.add_argument("scenario", type=Path, nargs="?",
+                      help="a scenario TOML (shared/scenarios format)")  # fmt: skip
     plan.add_argument("--scheduler", default="gpulet+int", choices=SCHEDULERS)
     plan.add_argument(
         "--rate", type=float, default=None,
         help="sweep rate r (per-model rate = weight x r); default: the scenario's step",
     )  # fmt: skip
     _common(plan)
-    peak = sub.add_parser("peak", help="largest sweep rate with a feasible plan")
-    peak.add_argument("scenario", type=Path)
+    peak = sub.add_parser("peak", help="largest sweep rate with a feasible plan (--url: the "
+                          "largest equal rate the live cluster carries)")  # fmt: skip
+    peak.add_argument("scenario", type=Path, nargs="?")
     peak.add_argument("--scheduler", default="all", help=f"all, or one of {', '.join(SCHEDULERS)}")
     _common(peak)
 
@@ -47,9 +51,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="a measured profile (gpulet profile --json) for cpu scenarios",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--url", default=None, metavar="URL",
+        help="a running router (e.g. http://127.0.0.1:8000) instead of a scenario: its agents' "
+        "devices, profile, SLOs and scheduler; the flags above are for scenario files",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.scenario is None) == (args.url is None):
+        print(f"gpulet {args.command}: give a scenario file or --url URL of a running router "
+              "(one of them)", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.url is not None:
+        from common.operator_cli import run_live
+
+        return run_live(args)
     try:
         scenario = open_scenario(args.scenario)
         profile = load_cpu_profile(args.profile_json) if args.profile_json else None

@@ -102,10 +102,14 @@ def test_a_batch_that_cannot_meet_its_deadline_is_504_without_running(
 
 
 def test_unknown_route_and_method_answer_in_the_error_shape(system: RunningSystem) -> None:
-    missing = system.get("/v2/nothing")
+    missing = system.get("/v1/nothing")
     assert (missing.status, missing.code) == (404, "not_found")
     wrong = system.get("/v1/infer")
     assert (wrong.status, wrong.code) == (405, "method_not_allowed")
+    # Under /v2 the same errors keep the Open Inference Protocol's shape.
+    oip = system.get("/v2/nothing")
+    assert oip.status == 404 and oip.body["code"] == "not_found"
+    assert "/v2/nothing" in oip.body["error"]
 
 
 @pytest.fixture(scope="module")

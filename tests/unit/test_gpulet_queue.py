@@ -1,0 +1,69 @@
+"""The gpu-let queue's predicted end re-anchors on answers, so margins do not drift."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from common import frames
+from common.placement import GpuletModel, GpuletSpec
+from router.agent_client import AgentClient
+from router.dispatch.batching import GpuletPlanView, ModelTurn, Pending
+from router.dispatch.dispatcher import Entry, GpuletQueue
+from router.dispatch.observer import NoObserver
+from router.routing import Route
+
+pytestmark = pytest.mark.timeout(10)
+PREDICTED_MS = 100.0
+
+
+class HeldAgent(AgentClient):
+    """An agent whose batches finish when the test says: the one part this test stands in for."""
+
+    def __init__(self) -> None:
+        super().__init__(connections=1)
+        self.running: list[asyncio.Future[None]] = []
+        self.arrived = asyncio.Event()
+
+    async def run(self, agent_url: str, gpulet_id: str, model: str,
+                  tensors: dict[str, frames.Array], timeout_s: float,
+                  request_id: str) -> frames.Frame:  # fmt: skip
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.running.append(done)
+        self.arrived.set()
+        await done
+        return frames.Frame({}, {"output": tensors["input"]})
+
+
+async def test_an_answer_re_anchors_the_predicted_end_on_the_clock() -> None:
+    now = [1000.0]  # seconds, the queue's clock
+    agent = HeldAgent()
+    route = Route(GpuletSpec("g", "a", "d", (), (GpuletModel("m", 1),)), "http://agent")
+    view = GpuletPlanView(10.0, (ModelTurn("m", 1, (PREDICTED_MS,)),))
+    queue = GpuletQueue(route, view, agent, lambda: now[0], NoObserver())
+    futures: list[asyncio.Future[Any]] = []
+    for i in range(3):  # three batches of one, sent back to back
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        futures.append(future)
+        pending = Pending(f"r{i}", "m", 1, now[0] * 1000, now[0] * 1000 + 10_000)
+        inline = queue.submit(Entry(pending, {"input": np.zeros((1, 1), np.float32)}, future))
+        if inline is not None:
+            futures[-1] = asyncio.ensure_future(inline)
+    while len(agent.running) < 3:  # the sends reach the agent
+        await agent.arrived.wait()
+        agent.arrived.clear()
+    assert queue.busy_until_ms == pytest.approx(now[0] * 1000 + 3 * PREDICTED_MS)
+    now[0] += 0.010  # the first batch took 10 ms, not the predicted 100
+    agent.running[0].set_result(None)
+    await futures[0]
+    # two batches left, the next starting now: the 90 ms saved are not kept as phantom work
+    assert queue.busy_until_ms == pytest.approx(now[0] * 1000 + 2 * PREDICTED_MS)
+    for done in agent.running[1:]:
+        done.set_result(None)
+    await asyncio.gather(*futures[1:])
+    assert queue.busy_until_ms == pytest.approx(now[0] * 1000)
+    await queue.close()
+    await agent.close()
