@@ -17,6 +17,7 @@ from common.models import CATALOG, model_names
 from common.settings import AgentSettings, CommonSettings, RouterSettings
 
 if TYPE_CHECKING:
+    from common.model_config import ModelConfig
     from common.up import UpOptions
 
 
@@ -76,8 +77,15 @@ def up_options(args: argparse.Namespace) -> UpOptions:
         raise SystemExit("--time-scale slows simulated GPUs: add --simulated PROFILE or a "
                          "simulated --scenario")  # fmt: skip
     scenario_models = ",".join(m.model for m in scenario.models) if scenario else None
-    models = _up_models(args.models or scenario_models, simulated)
+    config = _up_config(args.config, scenario is not None)
+    config_models = ",".join(config.names) if config else None
+    try:
+        models = _up_models(args.models or scenario_models or config_models, simulated)
+    except argparse.ArgumentTypeError as exc:  # a file's names, checked outside argparse
+        raise SystemExit(f"gpulet up: {exc}") from None
     slos = {m.model: m.slo_ms for m in scenario.models} if scenario else {}
+    if config is not None:
+        slos = config.slos_ms
     if args.time_scale != 1:
         is_sim = simulated is not None
         slos = {n: slos.get(n, spec_for(n, simulated=is_sim).default_slo_ms) for n in models}
@@ -90,7 +98,24 @@ def up_options(args: argparse.Namespace) -> UpOptions:
         time_scale=args.time_scale,
         slos_ms={n: ms * args.time_scale for n, ms in slos.items() if n in models},
         agent_cores=cores,
+        # A K times slower device carries K times fewer requests under K times longer SLOs.
+        rates_rps={n: r / args.time_scale for n, r in (config.rates_rps if config else {}).items()
+                   if n in models},
     )  # fmt: skip
+
+
+def _up_config(path: Path | None, with_scenario: bool) -> ModelConfig | None:
+    """`--config PATH`'s models, SLOs and rates; usage errors exit naming the fix."""
+    from common.model_config import load_model_config
+
+    if path is None:
+        return None
+    if with_scenario:
+        raise SystemExit("gpulet up: give --scenario or --config, not both")
+    try:
+        return load_model_config(path)
+    except ValueError as exc:
+        raise SystemExit(f"gpulet up --config: {exc}") from None
 
 
 def _first_cores(count: int) -> str:
@@ -123,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scenario", type=Path, default=None, metavar="PATH",
                     help="serve a scenario file's models with its SLOs (x K), on its simulated "
                     "GPUs or its cores; the flags above override it")  # fmt: skip
+    up.add_argument("--config", type=Path, default=None, metavar="PATH",
+                    help="a TOML file of [[models]] with name, slo_ms and rate_rps (optional): "
+                    "the models served, their SLOs (x K) and rates (/ K); --models picks among "
+                    "them")  # fmt: skip
 
     sub.add_parser("router", help="run the router (settings from GPULET_* variables)")
     agent = sub.add_parser("agent", help="run an agent on this host (GPULET_* variables)")

@@ -4,6 +4,8 @@
     ├── BadRequest                   400 bad_request       malformed body, missing/extra
     │                                                      input, wrong shape/dtype, not numbers
     ├── UnknownModel                 404 unknown_model     lists the known models
+    ├── NotLoadable                  409 not_loadable      model load: the cluster cannot
+    │                                                      serve it (e.g. no profile rows)
     ├── PayloadTooLarge              413 payload_too_large gives the limit
     ├── SloUnattainable              422 slo_unattainable  gives the best achievable latency
     ├── Unavailable                  503 unavailable       no gpulet or agent gone (Retry-After)
@@ -42,6 +44,11 @@ class BadRequest(GpuletError):
 class UnknownModel(GpuletError):
     code = "unknown_model"
     status = 404
+
+
+class NotLoadable(GpuletError):
+    code = "not_loadable"
+    status = 409
 
 
 class PayloadTooLarge(GpuletError):

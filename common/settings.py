@@ -96,6 +96,12 @@ class RouterSettings(CommonSettings):
         "when one falls; 0 keeps the first plan",
     )
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After on 503 answers")
+    model_load_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="model load waits this long for a ready gpu-let, and unload this long for "
+        "the model's requests to drain, before answering 503",
+    )
 
 
 class AgentSettings(CommonSettings):

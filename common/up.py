@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from common import redis_server
+from common.model_config import router_env
 from common.models import CATALOG, ModelSpec, spec_for
 from common.procs import die_with_parent, stop_process
 from common.settings import CommonSettings
@@ -53,6 +54,7 @@ class UpOptions:
     time_scale: float = 1.0  # simulated GPUs run this many times slower than their profile
     slos_ms: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_SLOS; empty: defaults
     agent_cores: str | None = None  # -> GPULET_AGENT_CORES; None: every allowed core
+    rates_rps: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_RATES; empty: none
 
 
 class Child:
@@ -91,14 +93,12 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
             "GPULET_REDIS_URL": redis.url,
             "GPULET_REDIS_PREFIX": settings.redis_prefix,
             "GPULET_MODEL_DIR": str(settings.model_dir),
-            "GPULET_MODELS": ",".join(options.models),
+            **router_env(options.models, options.slos_ms, options.rates_rps),
         }
         if options.simulated:
             env["GPULET_SIMULATED_PROFILE"] = options.simulated
             env["GPULET_SIMULATED_DEVICES"] = str(options.devices)
             env["GPULET_SIM_TIME_SCALE"] = f"{options.time_scale:g}"
-        if options.slos_ms:
-            env["GPULET_SLOS"] = ",".join(f"{n}={ms:g}" for n, ms in options.slos_ms.items())
         if options.agent_cores is not None:
             env["GPULET_AGENT_CORES"] = options.agent_cores
         gpulet = [sys.executable, "-m", "common.cli"]

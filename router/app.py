@@ -34,6 +34,8 @@ from router.metrics import DispatchMetrics
 from router.openapi import error_responses
 from router.operator_routes import operator_routes
 from router.rates import RateMonitor
+from router.repository import Repository
+from router.repository_routes import repository_routes
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,10 @@ def create_app(
     app.state.controller = controller
     app.include_router(operator_routes(controller, dispatcher, arrivals, observed))
     app.include_router(oip.build_router(settings, models, dispatcher, controller, arrivals))
+    # `models` is the served set, changed in place by model load/unload: /v1 and /v2 read it.
+    app.include_router(
+        repository_routes(Repository(settings, models, controller, dispatcher, store))
+    )
     openapi.install(app)  # validation errors are documented as the 400s they answer
 
     @app.exception_handler(GpuletError)

@@ -119,6 +119,29 @@ class Controller:
         """Run the next step now (e.g. a replaced gpulet finished draining)."""
         self._wake.set()
 
+    @property
+    def interference(self) -> InterferenceModel | None:
+        """The interference model the current profile's plans use (None: none fitted)."""
+        return self._interference
+
+    def add_model(self, name: str, slo_ms: float, rate_rps: float | None = None) -> None:
+        """Serve `name` too (model load): the next step plans afresh for the new model set."""
+        self.slos_ms[name] = slo_ms
+        if rate_rps is not None:
+            self.rates_rps[name] = rate_rps
+        self._models_changed()
+
+    def remove_model(self, name: str) -> None:
+        """Stop planning `name` (model unload; its requests drained first): plan afresh."""
+        self.slos_ms.pop(name, None)
+        self.rates_rps.pop(name, None)
+        self._models_changed()
+
+    def _models_changed(self) -> None:
+        self.models = sorted(self.slos_ms)
+        self._inputs = None  # a fresh plan, as for new agents: the demands are new
+        self.wake()
+
     async def run_forever(self) -> None:
         while True:
             try:
@@ -151,7 +174,11 @@ class Controller:
             if self.events and self.events[-1].version == target.version:
                 self.events[-1] = replace(self.events[-1], serving_at_s=time.time())
         self.switching = not switch.complete
-        table = switch.table
+        # Make-before-break keeps a model's old routes while it has no new ones (its agent
+        # died); an unloaded model is not served at all, so its routes go.
+        table = RoutingTable(switch.table.placement, {
+            m: r for m, r in switch.table.routes.items() if m in self.slos_ms
+        })  # fmt: skip
         if table.ready_models() != self.table.ready_models():
             logger.info(
                 "routing version=%d ready models=%s", target.version,

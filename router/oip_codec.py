@@ -32,7 +32,8 @@ DATATYPES: dict[str, str] = {
 DYNAMIC_DIM = -1  # OIP's mark of a variable dimension in metadata
 VERSION = "1"  # models are not versioned; OIP clients that ask for a version get this one
 # Triton's names for what we support (its `GET /v2` lists them the same way).
-EXTENSIONS = ("binary_tensor_data", "schedule_policy", "model_configuration", "parameters")
+EXTENSIONS = ("binary_tensor_data", "schedule_policy", "model_configuration", "parameters",
+              "model_repository")  # fmt: skip
 ONNX_PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX Runtime models
 SIMULATED_PLATFORM = "gpulet_simulated"  # simulated GPUs: the profile's time, no model runs
 US_PER_MS = 1000.0

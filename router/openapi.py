@@ -16,6 +16,8 @@ WHEN: dict[int, str] = {
     400: "bad_request: malformed body, missing or extra input, wrong shape or datatype, "
     "non-numeric data, batch too large; the message names the input and what was expected",
     404: "unknown_model: no such model (or version); lists the served ones",
+    409: "not_loadable: model load: the cluster cannot serve this model (e.g. the measured "
+    "profile has no rows for it); the message names the fix",
     413: "payload_too_large: the body is over GPULET_MAX_BODY_BYTES; gives the limit",
     422: "slo_unattainable: the SLO is tighter than any placement can meet; gives the best "
     "achievable",

@@ -257,6 +257,10 @@ class Dispatcher:
     _best_ms: dict[str, float | None] = field(default_factory=dict)
     _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     on_drained: Callable[[], None] | None = None  # the control loop stops drained gpu-lets
+    # Requests admitted and not yet answered, per model, and who waits for a model's to end
+    # (model unload answers once its requests are done).
+    active: dict[str, int] = field(default_factory=dict)
+    _idle: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
 
     def follow(self, table: RoutingTable) -> None:
         """Queues for the table's gpu-lets; queues of gpu-lets gone drain in the background.
@@ -296,12 +300,36 @@ class Dispatcher:
 
         task.add_done_callback(drained)
 
+    async def idle(self, model: str) -> None:
+        """Return once no request for `model` is waiting or running."""
+        if self.active.get(model, 0) == 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.setdefault(model, []).append(waiter)
+        await waiter
+
     async def submit(
         self, model: str, inputs: dict[str, frames.Array], items: int, slo_ms: float,
         deadline_ms: float, request_id: str, *, received_ms: float | None = None,
     ) -> Result:  # fmt: skip
         """Run one request; `received_ms` (monotonic) dates its arrival for the observer's
         latency (default: now)."""
+        self.active[model] = self.active.get(model, 0) + 1
+        try:
+            return await self._submit(model, inputs, items, slo_ms, deadline_ms, request_id,
+                                      received_ms)  # fmt: skip
+        finally:
+            self.active[model] -= 1
+            if self.active[model] == 0:
+                del self.active[model]
+                for waiter in self._idle.pop(model, []):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _submit(
+        self, model: str, inputs: dict[str, frames.Array], items: int, slo_ms: float,
+        deadline_ms: float, request_id: str, received_ms: float | None,
+    ) -> Result:  # fmt: skip
         started_ms = self.clock() * 1000 if received_ms is None else received_ms
         queues = [self.queues[r.gpulet.gpulet_id] for r in self._routes.get(model, ())
                   if r.gpulet.gpulet_id in self.queues]  # fmt: skip

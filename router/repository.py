@@ -1,0 +1,313 @@
+"""Model management (Triton's model repository extension): which models can be loaded, and
+loading or unloading one on the running controller and dispatcher.
+
+Load: 1. check the name (the catalog, or the simulated profile's models); 2. build its ONNX file
+if missing (CPU workers load it; in a thread, off the event loop); 3. ask the planner "what if"
+on the controller's profile, changing nothing (placement_problem): no profile rows, or no plan
+that gives it a gpu-let, is answered at once with why; 4. add it to the controller, which plans
+afresh (make-before-break keeps the other models serving); 5. wait for a ready gpu-let, then
+admit its requests. Unload: stop admitting (404 from then on), wait until its admitted requests
+are answered, then remove it from the controller, which plans afresh without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from common.cluster import AgentInfo
+from common.errors import (
+    BadRequest,
+    GpuletError,
+    NotLoadable,
+    SloUnattainable,
+    Unavailable,
+    UnknownModel,
+)
+from common.models import CATALOG, ModelSpec, spec_for
+from common.profiles import DeviceProfile, find_profile
+from common.settings import RouterSettings
+from common.store import Store
+from router.control import STATIC, Controller
+from router.dispatch.dispatcher import Dispatcher
+from router.scheduling.interference import InterferenceModel
+from router.scheduling.live import plan_live
+
+logger = logging.getLogger(__name__)
+
+# Triton's model states (its repository index answers these).
+READY = "READY"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+UNAVAILABLE = "UNAVAILABLE"
+VERSION = "1"  # the one version every model has (as /v2/models/{m}/versions/1)
+NOT_LOADED = "not loaded"
+UNLOADED = "unloaded"
+
+
+@dataclass(frozen=True)
+class LoadParameters:
+    """What a load request may say about the model: its SLO and expected rate."""
+
+    slo_ms: float | None = None
+    rate_rps: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    state: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": VERSION, "state": self.state, "reason": self.reason}
+
+
+def load_parameters(body: bytes) -> LoadParameters:
+    """A load body, `{"parameters": {"slo_ms": 50, "rate_rps": 20}}` (both optional; an empty
+    body too). Other parameters (Triton's `config`, files) are refused: we cannot honour them."""
+    if not body.strip():
+        return LoadParameters()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"load body is not JSON: {exc}") from None
+    parameters = data.get("parameters", {}) if isinstance(data, dict) else None
+    if not isinstance(parameters, dict):
+        raise BadRequest('load body: use {"parameters": {"slo_ms": ..., "rate_rps": ...}}')
+    extra = sorted(set(parameters) - {"slo_ms", "rate_rps"})
+    if extra:
+        raise BadRequest(f"load parameters {extra} are not supported; use slo_ms and rate_rps")
+    slo_ms = _number(parameters, "slo_ms", minimum=0.0, strict=True)
+    rate_rps = _number(parameters, "rate_rps", minimum=0.0, strict=False)
+    return LoadParameters(slo_ms, rate_rps)
+
+
+def _number(
+    parameters: Mapping[str, Any], key: str, *, minimum: float, strict: bool
+) -> float | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum or (
+            strict and value == minimum):  # fmt: skip
+        bound = ">" if strict else ">="
+        raise BadRequest(f"load parameter {key}={value!r}: a number {bound} {minimum:g}")
+    return float(value)
+
+
+def check_rate(name: str, rate_rps: float | None, *, declared: bool, others: bool) -> None:
+    """A plan takes declared rates for every model or for none (then it follows the measured
+    ones): a load keeps it so."""
+    if declared and rate_rps is None:
+        raise BadRequest(f"the served models have declared rates (GPULET_RATES): give {name} "
+                         "one too, parameters.rate_rps", model=name)  # fmt: skip
+    if not declared and others and rate_rps is not None:
+        raise BadRequest(f"the served models have no declared rates (the router follows the "
+                         f"measured ones): load {name} without parameters.rate_rps, or declare "
+                         "GPULET_RATES for every model", model=name)  # fmt: skip
+
+
+def model_state(
+    name: str, *, served: bool, ready: bool, loading: bool, unloading: bool, reason: str
+) -> ModelState:
+    """One index row: what a model is doing now, and why it is not ready."""
+    if unloading:
+        return ModelState(name, UNLOADING, "draining its requests")
+    if loading:
+        return ModelState(name, LOADING, "waiting for a ready gpu-let")
+    if served:
+        return ModelState(name, READY, "") if ready else \
+            ModelState(name, LOADING, "no ready gpu-let yet")  # fmt: skip
+    return ModelState(name, UNAVAILABLE, reason or NOT_LOADED)
+
+
+def placement_problem(
+    name: str,
+    *,
+    scheduler: str,
+    profile: DeviceProfile | None,
+    agents: Sequence[AgentInfo],
+    slos_ms: Mapping[str, float],
+    rates_rps: Mapping[str, float],
+    interference: InterferenceModel | None,
+    retry_after_s: float,
+) -> GpuletError | None:
+    """Why the planner cannot give `name` a gpu-let beside the served models (`slos_ms` has
+    them all, `name` included); None when it can. Pure: the "what if" before anything changes.
+
+    The static rule places any model, so it has no objection."""
+    if scheduler == STATIC:
+        return None
+    if profile is None:
+        return Unavailable("no device profile to plan on yet (agents still measuring theirs, "
+                           "or none registered); retry shortly",
+                           retry_after_s=retry_after_s)  # fmt: skip
+    if name not in profile.models():
+        return NotLoadable(
+            f"the agents' profile has no rows for {name} (it has {', '.join(profile.models())}); "
+            f"CPU agents measure the models in their GPULET_MODELS when they start: restart them "
+            f"with {name} there",
+            model=name, profile_models=list(profile.models()),
+        )  # fmt: skip
+    live = plan_live(agents, profile, slos_ms, rates_rps, scheduler, interference=interference)
+    if live is None or not live.placement.gpulets_of(name):
+        return SloUnattainable(
+            f"{scheduler}: no plan gives {name} a gpu-let at slo_ms={slos_ms[name]:g} beside "
+            f"{', '.join(m for m in sorted(slos_ms) if m != name) or 'nothing'} on "
+            f"{len(agents)} agent(s); loosen its SLO or add devices",
+            model=name, slo_ms=slos_ms[name],
+        )  # fmt: skip
+    return None
+
+
+def loadable_models(settings: RouterSettings) -> tuple[str, ...]:
+    """The repository's contents: the simulated profile's models, else the catalog."""
+    if settings.simulated_profile:
+        return find_profile(settings.simulated_profile).models()
+    return tuple(sorted(CATALOG))
+
+
+class Repository:
+    """Loads and unloads models; `served` is the app's model set, shared with /v1 and /v2 (a
+    request for a model not in it is answered 404)."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        served: dict[str, ModelSpec],
+        controller: Controller,
+        dispatcher: Dispatcher,
+        store: Store,
+    ) -> None:
+        self.settings = settings
+        self.served = served
+        self.controller = controller
+        self.dispatcher = dispatcher
+        self.store = store
+        # Listed by the index: what can be served; named in a load: the catalog too, so that
+        # a catalog model a simulated profile lacks is answered why (409), not "no such" (404).
+        self.listed = frozenset(loadable_models(settings)) | set(served)
+        self.known = self.listed | set(CATALOG)
+        self.loading: set[str] = set()
+        self.unloading: set[str] = set()
+        self.reasons: dict[str, str] = {}  # why a model is unavailable: unloaded, or load failed
+        self._lock = asyncio.Lock()  # one change of the model set at a time
+
+    def index(self, *, ready_only: bool = False) -> list[ModelState]:
+        ready = self.controller.table.ready_models()
+        rows = [
+            model_state(
+                name, served=name in self.served, ready=name in ready,
+                loading=name in self.loading, unloading=name in self.unloading,
+                reason=self.reasons.get(name, ""),
+            )
+            for name in sorted(self.listed | set(self.served))
+        ]  # fmt: skip
+        return [r for r in rows if r.state == READY] if ready_only else rows
+
+    def _check_known(self, name: str) -> None:
+        if name not in self.known:
+            known = sorted(self.known)
+            raise UnknownModel(f"no model {name!r} in the repository; it has {', '.join(known)}",
+                               models=known)  # fmt: skip
+
+    async def load(self, name: str, parameters: LoadParameters) -> None:
+        self._check_known(name)
+        async with self._lock:
+            if name in self.served:
+                return  # loaded already (Triton reloads; our model files do not change)
+            self.loading.add(name)
+            try:
+                await self._load(name, parameters)
+            except GpuletError as exc:
+                self.reasons[name] = f"load failed: {exc.message}"
+                raise
+            finally:
+                self.loading.discard(name)
+            self.reasons.pop(name, None)
+
+    async def _load(self, name: str, parameters: LoadParameters) -> None:
+        controller = self.controller
+        simulated = self.settings.simulated_profile is not None
+        spec = spec_for(name, simulated=simulated)
+        if parameters.slo_ms is not None:
+            spec = replace(spec, default_slo_ms=parameters.slo_ms)
+        check_rate(name, parameters.rate_rps, declared=bool(controller.rates_rps),
+                   others=bool(controller.models))  # fmt: skip
+        if not simulated and name in CATALOG:
+            await asyncio.to_thread(self._build, name)
+        slos = {**controller.slos_ms, name: spec.default_slo_ms}
+        rates = dict(controller.rates_rps)
+        if parameters.rate_rps is not None:
+            rates[name] = parameters.rate_rps
+        problem = await asyncio.to_thread(
+            placement_problem, name, scheduler=controller.scheduler, profile=controller.profile,
+            agents=list(controller.agents), slos_ms=slos, rates_rps=rates,
+            interference=controller.interference, retry_after_s=self.settings.retry_after_s,
+        )  # fmt: skip
+        if problem is not None:
+            raise problem
+        logger.info("model load model=%s slo_ms=%g", name, spec.default_slo_ms)
+        controller.add_model(name, spec.default_slo_ms, parameters.rate_rps)
+        try:
+            await self._until(lambda: name in controller.table.ready_models(),
+                              f"{name} has no ready gpu-let")  # fmt: skip
+        except GpuletError:
+            controller.remove_model(name)
+            raise
+        await self.store.put_models([spec])
+        self.served[name] = spec
+        logger.info("model loaded model=%s", name)
+
+    def _build(self, name: str) -> None:
+        from common.modelzoo.build import build_missing  # torch: only when a model is built
+
+        try:
+            build_missing(self.settings.model_dir, [name], progress=False)
+        except Exception as exc:  # torch and the exporter raise many types; one answer here
+            logger.exception("model build failed model=%s", name)
+            raise GpuletError(f"building {name} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def unload(self, name: str) -> None:
+        self._check_known(name)
+        async with self._lock:
+            if name not in self.served:
+                loaded = sorted(self.served)
+                raise UnknownModel(f"model {name!r} is not loaded; loaded: {', '.join(loaded)}",
+                                   models=loaded)  # fmt: skip
+            del self.served[name]  # no new request is admitted from here on
+            self.unloading.add(name)
+            logger.info("model unload model=%s draining=%d", name,
+                        self.dispatcher.active.get(name, 0))  # fmt: skip
+            try:
+                async with asyncio.timeout(self.settings.model_load_timeout_s):
+                    await self.dispatcher.idle(name)
+            except TimeoutError:
+                logger.warning("model=%s unload: requests still running after %.0fs; removing "
+                               "it anyway", name, self.settings.model_load_timeout_s)  # fmt: skip
+            finally:
+                self.unloading.discard(name)
+                self.controller.remove_model(name)
+                self.reasons[name] = UNLOADED
+            await self._until(lambda: name not in self.controller.table.routes,
+                              f"{name} is still routed")  # fmt: skip
+            logger.info("model unloaded model=%s", name)
+
+    async def _until(self, done: Callable[[], bool], what: str) -> None:
+        """Wait, step by control step, until `done()`; 503 saying `what` after the timeout."""
+        timeout_s = self.settings.model_load_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not done():
+                    await self.controller.changed.wait()
+        except TimeoutError:
+            raise Unavailable(
+                f"{what} after {timeout_s:g}s (GPULET_MODEL_LOAD_TIMEOUT_S); see /v1/cluster "
+                "for the placement", retry_after_s=self.settings.retry_after_s,
+            ) from None  # fmt: skip
