@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
     rate = args.peak * args.factor
     arrivals = schedule(scenario, rate, args.duration, np.random.default_rng(args.seed))
     up_args = ["--scenario", str(args.scenario), "--time-scale", f"{args.time_scale:g}"]
-    env = {"GPULET_LOG_LEVEL": "WARNING"}
+    env = {"GPULET_LOG_LEVEL": "WARNING", "GPULET_DEADLINE_FACTOR": f"{args.deadline_factor:g}"}
     with gpulet_up(up_args, env, log_path) as (base, up_pid):
         router = psutil.Process(router_pid(up_pid))
         rss: list[float] = [router.memory_info().rss / 2**20]
@@ -105,8 +105,8 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
     refusal = figures["refusal_latency_ms"]
     lines = [
         f"{args.scenario.stem} at {args.factor:g}x the peak r={args.peak:g} (time scale "
-        f"K={args.time_scale:g}): {figures['offered_rps']:.0f} req/s offered for "
-        f"{args.duration:g} s",
+        f"K={args.time_scale:g}, deadline {args.deadline_factor:g} x SLO): "
+        f"{figures['offered_rps']:.0f} req/s offered for {args.duration:g} s",
         f"  sent {figures['sent']}, ok {figures['ok']}, late {figures['late']}, errors "
         f"{figures['errors']}, goodput {figures['goodput_rps']:.1f}/s",
         "  refusals (429/503/504): " + ("none" if refusal is None else
@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deadline-factor", type=float, default=2.0,
+                        help="GPULET_DEADLINE_FACTOR: deadline = SLO x this (default 2)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="gpulet-overload-"))

@@ -2,9 +2,9 @@
 
 `decide(queue, now_ms, plan, turn, busy_until_ms)` sees the queued requests and the gpu-let's plan
 (per model: planned batch size and predicted latency per batch; the duty cycle) and returns:
-    1. drops: requests that cannot meet their deadline even alone, starting as soon as the
-       gpu-let is free: start + L̂(own items) > deadline (eager deadline drop: answered 504 now,
-       never run);
+    1. drops: requests that cannot meet their deadline behind the work queued before them:
+       start + L̂(the full batches of every model ahead of it) + L̂(its own batch) > deadline
+       (eager deadline drop: answered 504 now, never run);
     2. a batch to send now, when the model's batch is full, or the oldest request has waited a
        whole duty cycle (the Nexus/gpu-let batching window), or waiting any longer would make
        the oldest late: start + L̂(batch) ≥ its deadline − slack. A batch is sent even while the
@@ -70,17 +70,23 @@ def decide(
     plan: GpuletPlanView,
     turn: int = 0,
     busy_until_ms: float = 0.0,
+    slowdown: float = 1.0,
 ) -> BatchDecision:
+    """`slowdown`: how much slower than predicted this gpu-let's batches have been running
+    (measured by the caller; 1 = as predicted); every prediction here is scaled by it."""
     start_ms = max(now_ms, busy_until_ms)
     turns = {t.model: t for t in plan.models}
     drops: list[str] = []
     by_model: dict[str, list[Pending]] = {t.model: [] for t in plan.models}
+    ahead = dict.fromkeys(turns, 0)  # items kept so far per model, in arrival order
     for request in sorted(queue, key=lambda r: (r.arrived_ms, r.request_id)):
         model = turns.get(request.model)
-        if model is None or start_ms + model.predict(request.items) > request.deadline_ms:
-            drops.append(request.request_id)  # 1. cannot make it even alone
+        if model is None or start_ms + _backlog_ms(turns, ahead, request) * slowdown > \
+                request.deadline_ms:  # fmt: skip
+            drops.append(request.request_id)  # 1. cannot make it behind what is ahead of it
         else:
             by_model[request.model].append(request)
+            ahead[request.model] += request.items
 
     wake_at: float | None = None
     ready: list[tuple[ModelTurn, list[Pending]]] = []
@@ -88,12 +94,13 @@ def decide(
         waiting = by_model[model.model]
         if not waiting:
             continue
-        batch = _feasible_prefix(waiting, model, start_ms)
+        batch = _feasible_prefix(waiting, model, start_ms, slowdown)
         items = sum(r.items for r in batch)
         full = items >= model.batch_size or len(batch) < len(waiting)
         oldest = waiting[0]
         window_ends = oldest.arrived_ms + plan.duty_cycle_ms
-        latest_start = min(r.deadline_ms for r in batch) - model.predict(items) - DISPATCH_SLACK_MS
+        latest_start = (min(r.deadline_ms for r in batch) - model.predict(items) * slowdown
+                        - DISPATCH_SLACK_MS)  # fmt: skip
         if full or now_ms >= window_ends or now_ms >= latest_start:
             ready.append((model, batch))
         else:
@@ -110,8 +117,26 @@ def decide(
     return BatchDecision(chosen[0].model, ids, tuple(drops), now_ms, next_turn)
 
 
+def _backlog_ms(turns: dict[str, ModelTurn], ahead: dict[str, int], request: Pending) -> float:
+    """When `request` would finish from the gpu-let's start: the full batches of every model
+    queued before it, then its own batch. Without the queue ahead, an overloaded gpu-let keeps
+    admitting requests that can only be dropped later, after waiting (not "at once")."""
+    own = turns[request.model]
+    total = 0.0
+    for name, items in ahead.items():
+        turn = turns[name]
+        if name == request.model:
+            batches_before = items // turn.batch_size
+            in_batch = items % turn.batch_size + request.items
+            total += batches_before * turn.predict(turn.batch_size) + own.predict(in_batch)
+        elif items:
+            full, rest = divmod(items, turn.batch_size)
+            total += full * turn.predict(turn.batch_size) + (turn.predict(rest) if rest else 0.0)
+    return total
+
+
 def _feasible_prefix(
-    waiting: Sequence[Pending], model: ModelTurn, start_ms: float
+    waiting: Sequence[Pending], model: ModelTurn, start_ms: float, slowdown: float
 ) -> list[Pending]:
     """The longest FIFO prefix within the batch size whose every request meets its deadline."""
     best: list[Pending] = []
@@ -122,7 +147,7 @@ def _feasible_prefix(
             break
         items += request.items
         earliest_deadline = min(earliest_deadline, request.deadline_ms)
-        if start_ms + model.predict(items) > earliest_deadline:
+        if start_ms + model.predict(items) * slowdown > earliest_deadline:
             break
         best.append(request)
     return best or [waiting[0]]

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SENT = -1.0  # `_step`'s answer after sending a batch: decide again at once
 GUARD_S = 1.0  # past the deadline, a request still unanswered is failed by `submit` itself
+SLOWDOWN_WEIGHT = 0.2  # EWMA weight of each batch's measured ÷ predicted time
 
 
 @dataclass
@@ -81,6 +82,10 @@ class GpuletQueue:
         self.turn = 0
         self.busy_until_ms = 0.0
         self._predicted_ms: dict[int, float] = {}  # batches sent and not answered, in order
+        # Measured ÷ predicted batch time (EWMA, never below 1): neighbours' interference or a
+        # busy CPU make batches slower than the profile says, and without it the queue would
+        # admit work that then waits at the agent past its deadline.
+        self.slowdown = 1.0
         self._batch_numbers = itertools.count()
         # Measured busy time (a batch in flight), for the observer: overlapping batches count
         # once, so it never exceeds wall time.
@@ -142,7 +147,7 @@ class GpuletQueue:
         now_ms = self.clock() * 1000
         decision = decide(
             [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
-            self.busy_until_ms,
+            self.busy_until_ms, self.slowdown,
         )  # fmt: skip
         for request_id in decision.drop:
             entry = self._take(request_id)
@@ -159,7 +164,7 @@ class GpuletQueue:
         batch = [self._take(request_id) for request_id in decision.dispatch]
         items = sum(e.pending.items for e in batch)
         turn = next(t for t in self.view.models if t.model == decision.model)
-        predicted_ms = turn.predict(items)
+        predicted_ms = turn.predict(items) * self.slowdown
         self.busy_until_ms = max(self.busy_until_ms, now_ms) + predicted_ms
         batch_no = next(self._batch_numbers)
         self._predicted_ms[batch_no] = predicted_ms
@@ -171,6 +176,13 @@ class GpuletQueue:
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
         return SENT, None
+
+    def _learn_slowdown(self, model: str, items: int, compute_ms: object) -> None:
+        turn = next((t for t in self.view.models if t.model == model), None)
+        if turn is None or not isinstance(compute_ms, (int, float)) or compute_ms <= 0:
+            return
+        observed = compute_ms / turn.predict(items)
+        self.slowdown = max(1.0, self.slowdown + SLOWDOWN_WEIGHT * (observed - self.slowdown))
 
     def _take(self, request_id: str) -> Entry:
         entry = self.entries.pop(request_id)
@@ -199,6 +211,7 @@ class GpuletQueue:
                 self.route.agent_url, self.route.gpulet.gpulet_id, model, inputs,
                 deadline_s - self.clock(), batch[0].pending.request_id,
             )  # fmt: skip
+            self._learn_slowdown(model, items, reply.header.get("compute_ms"))
             offset = 0
             for entry in batch:
                 rows = entry.pending.items

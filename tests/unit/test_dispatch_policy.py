@@ -70,6 +70,29 @@ def test_decide_single_model(
     assert decide(queue, now, ONE, 0, busy_until) == expected
 
 
+def test_a_request_is_dropped_at_once_when_the_queue_ahead_makes_it_late() -> None:
+    # Batch 4, L̂(4) = 30: the ninth request waits for two full batches (60) and then runs
+    # alone (L̂(1) = 15): 75 > 70. The first eight fit (30 and 60 <= 70): they stay.
+    queue = [req(f"r{i}", i * 0.1, 70) for i in range(9)]
+    decision = decide(queue, 1.0, ONE)
+    assert decision.drop == ("r8",)
+    assert decision.dispatch == ("r0", "r1", "r2", "r3")
+    # Another model's queued work counts too on a shared gpu-let: b1..b4 ahead (two batches
+    # of 2, L̂(2) = 4 each) push "a-late" from 15 to 23 > 20.
+    shared = [*(req(f"b{i}", i * 0.1, 500, model="b") for i in range(4)), req("a-late", 1, 20)]
+    assert decide(shared, 1.0, SHARED).drop == ("a-late",)
+
+
+def test_a_measured_slowdown_scales_every_prediction() -> None:
+    # At 30 ms with deadline 50: L̂(1) = 15 fits as predicted; at 1.5x (22.5 ms) it does not.
+    queue = [req("r1", 0, 50)]
+    assert decide(queue, 30.0, ONE, 0, 0.0).drop == ()
+    assert decide(queue, 30.0, ONE, 0, 0.0, slowdown=1.5).drop == ("r1",)
+    # The latest start moves earlier by the same factor: 50 - 22.5 - slack.
+    wake = decide(queue, 5.0, ONE, 0, 0.0, slowdown=1.5).wake_at_ms
+    assert wake == pytest.approx(50.0 - 22.5 - DISPATCH_SLACK_MS)
+
+
 def test_batch_shrinks_to_the_prefix_whose_deadlines_hold() -> None:
     # r0 has a tight deadline: with 3 items L̂ = 25 > 22, with 2 items L̂ = 20 ≤ 22.
     queue = [req("r0", 0, 22), req("r1", 0, 500), req("r2", 0, 500)]

@@ -23,8 +23,9 @@ PREDICTED_MS = 100.0
 class HeldAgent(AgentClient):
     """An agent whose batches finish when the test says: the one part this test stands in for."""
 
-    def __init__(self) -> None:
+    def __init__(self, compute_ms: float | None = None) -> None:
         super().__init__(connections=1)
+        self.compute_ms = compute_ms
         self.running: list[asyncio.Future[None]] = []
         self.arrived = asyncio.Event()
 
@@ -35,7 +36,8 @@ class HeldAgent(AgentClient):
         self.running.append(done)
         self.arrived.set()
         await done
-        return frames.Frame({}, {"output": tensors["input"]})
+        header = {} if self.compute_ms is None else {"compute_ms": self.compute_ms}
+        return frames.Frame(header, {"output": tensors["input"]})
 
 
 async def test_an_answer_re_anchors_the_predicted_end_on_the_clock() -> None:
@@ -65,5 +67,27 @@ async def test_an_answer_re_anchors_the_predicted_end_on_the_clock() -> None:
         done.set_result(None)
     await asyncio.gather(*futures[1:])
     assert queue.busy_until_ms == pytest.approx(now[0] * 1000)
+    await queue.close()
+    await agent.close()
+
+
+@pytest.mark.parametrize(("compute_ms", "expected"), [(150.0, 1.1), (50.0, 1.0)])
+async def test_batches_slower_than_predicted_raise_the_queues_slowdown(
+    compute_ms: float, expected: float
+) -> None:
+    agent = HeldAgent(compute_ms)
+    route = Route(GpuletSpec("g", "a", "d", (), (GpuletModel("m", 1),)), "http://agent")
+    view = GpuletPlanView(10.0, (ModelTurn("m", 1, (PREDICTED_MS,)),))
+    queue = GpuletQueue(route, view, agent, lambda: 1000.0, NoObserver())
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    pending = Pending("r", "m", 1, 1_000_000.0, 1_010_000.0)
+    inline = queue.submit(Entry(pending, {"input": np.zeros((1, 1), np.float32)}, future))
+    assert inline is not None
+    sent = asyncio.ensure_future(inline)
+    await agent.arrived.wait()
+    agent.running[0].set_result(None)
+    await sent
+    # 1.5x slower moves the EWMA a fifth of the way (1 -> 1.1); faster never lowers it below 1
+    assert queue.slowdown == pytest.approx(expected)
     await queue.close()
     await agent.close()
