@@ -55,7 +55,7 @@ class RunningSystem:
             "GPULET_REDIS_URL": self.redis_url,
             "GPULET_REDIS_PREFIX": self.prefix,
             "GPULET_MODEL_DIR": str(self.model_dir),
-            "GPULET_LOG_LEVEL": "WARNING",
+            "GPULET_LOG_LEVEL": os.environ.get("GPULET_TEST_LOG_LEVEL", "WARNING"),
         }
         self.router_port = free_port()
         cli = [sys.executable, "-m", "common.cli"]
