@@ -33,8 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,9 +46,9 @@ import orjson
 
 # Run as a script: this folder is on sys.path, so the sibling module imports by name.
 from e2e_peak_text import Run, Trial, as_trial, render, summary
+from system import POLL_INTERVAL_S, READY_TIMEOUT_S, gpulet_up, http_get
 
 from common import redis_server
-from common.procs import die_with_parent, free_port
 from common.profiles import DeviceProfile
 from common.scenarios import Scenario, load_scenario
 from router.scheduling.interference import NoInterference
@@ -78,9 +76,6 @@ MAX_TOTAL_RPS = 600.0
 # SLO keeps that near 10 % at worst; MIN_TRIAL_S bounds it below for short SLOs.
 TRIAL_SLOS = 10.0
 MIN_TRIAL_S = 12.0
-READY_TIMEOUT_S = 300.0
-POLL_INTERVAL_S = 0.2
-STOP_TIMEOUT_S = 30.0
 LOADGEN_SLACK_S = 120.0  # beyond the run: answers still due, the process's own start-up
 
 
@@ -190,51 +185,14 @@ def predicted_peak(
 # ---------------------------------------------------------------- the system under test
 
 
-def http_get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
 @contextmanager
 def system_up(path: Path, k: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
     """`gpulet up --scenario PATH --time-scale K` as a child; yields its URL once ready."""
-    port = free_port()
-    args = [sys.executable, "-m", "common.cli", "up", "--scenario", str(path), "--port",
-            str(port)]  # fmt: skip
+    args = ["--scenario", str(path)]
     if k != 1:  # only simulated GPUs can be slowed down; `up` refuses K on a cpu scenario
         args += ["--time-scale", str(k)]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **env}, start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gpulet up exited with {proc.returncode}; see {log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {READY_TIMEOUT_S:.0f}s; see {log_path}")
-            try:
-                if http_get(f"{base}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass  # router not listening yet
-            time.sleep(POLL_INTERVAL_S)
+    with gpulet_up(args, env, log_path) as (base, _):
         yield base
-    finally:
-        # SIGINT is `gpulet up`'s Ctrl-C: it stops the router and the agent.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
-            proc.wait()
 
 
 def cpu_profile_and_agents(

@@ -12,13 +12,10 @@ import importlib.util
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -31,8 +28,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+# Run as a script: this folder is on sys.path, so the sibling module imports by name.
+from system import gpulet_up, http_get
+
 from common.models import CATALOG, ModelSpec
-from common.procs import die_with_parent, free_port
 from common.settings import CommonSettings
 from loadgen.closed_loop import LoadResult, closed_loop, percentile
 
@@ -41,9 +40,6 @@ MODELS = ("noop", "resnet18")
 CONCURRENCIES = (1, 32)
 # Far above any latency here, so the router's deadline (slo_ms x deadline_factor) never fires.
 BENCH_SLO_MS = 60_000.0
-READY_TIMEOUT_S = 300.0
-POLL_INTERVAL_S = 0.2
-STOP_TIMEOUT_S = 30.0
 RAW_WARMUP_RUNS = 20
 INPUT_SEED = 20261124
 # Goals from the issue: serving adds at most 1 ms p50 to noop; resnet18 keeps 90% of raw items/s.
@@ -258,53 +254,15 @@ def measure_http(base: str, body: bytes, concurrency: int, requests: int) -> Sta
 # ---------------------------------------------------------------- the system under test
 
 
-def http_get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
 @contextmanager
-def gpulet_up(models: Sequence[str], log_path: Path) -> Iterator[str]:
+def overhead_system(models: Sequence[str], log_path: Path) -> Iterator[str]:
     """`gpulet up` as a child; yields the router's base URL once /readyz says 200."""
-    port = free_port()
-    args = [sys.executable, "-m", "common.cli", "up", "--models", ",".join(models),
-            "--port", str(port), "--no-build"]  # fmt: skip
     # The static rule: one gpu-let per model, batch 1, no batching window. This benchmark
     # measures the serving path, not the planner's duty-cycle batching (which, by design, lets a
     # lone request wait up to its gpu-let's duty cycle to gather a batch).
-    env = {**os.environ, "GPULET_SCHEDULER": "static"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gpulet up exited with {proc.returncode}; see {log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {READY_TIMEOUT_S:.0f}s; see {log_path}")
-            try:
-                if http_get(f"{base}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass  # router not listening yet
-            time.sleep(POLL_INTERVAL_S)
+    args = ["--models", ",".join(models), "--no-build"]
+    with gpulet_up(args, {"GPULET_SCHEDULER": "static"}, log_path) as (base, _):
         yield base
-    finally:
-        # SIGINT is `gpulet up`'s Ctrl-C: it stops router, agent (and its workers) and Redis.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
-            proc.wait()
 
 
 def gpulet_cores(base: str) -> dict[str, tuple[int, ...]]:
@@ -388,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpulet-overhead-") as tmp:
         log_path = Path(tmp) / "up.log"
         try:
-            with gpulet_up(MODELS, log_path) as base:
+            with overhead_system(MODELS, log_path) as base:
                 cores = gpulet_cores(base)
                 missing = [m for m in MODELS if m not in cores]
                 if missing:

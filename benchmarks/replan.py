@@ -32,16 +32,16 @@ from typing import Any
 import numpy as np
 import orjson
 
+# Run as a script: this folder is on sys.path, so the sibling module imports by name.
+from system import gpulet_up, http_get
+
+from common.scenarios import load_scenario
+from loadgen.arrivals import schedule
+from loadgen.bodies import request_bodies
+from loadgen.report import Record
+from loadgen.runner import START_DELAY_S, RunConfig, run_open_loop
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.system import gpulet_up, http_get  # noqa: E402
-from common.scenarios import load_scenario  # noqa: E402
-from loadgen.arrivals import schedule  # noqa: E402
-from loadgen.bodies import request_bodies  # noqa: E402
-from loadgen.report import Record  # noqa: E402
-from loadgen.runner import START_DELAY_S, RunConfig, run_open_loop  # noqa: E402
-
 DEFAULT_SCENARIO = REPO_ROOT.parent / "shared" / "scenarios" / "sim-steps.toml"
 # Answers that are the system's own policy, not a failure: deadline drops and overload refusals.
 POLICY_CODES = {"deadline_exceeded", "overloaded", "client_overloaded"}

@@ -39,7 +39,7 @@ def gpulet_up(
     """Yields (the router's base URL, the `gpulet up` pid) once /readyz says 200."""
     port = free_port()
     args = [sys.executable, "-m", "common.cli", "up", *up_args, "--port", str(port)]
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(
             args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **env}, start_new_session=True, preexec_fn=die_with_parent,

@@ -128,8 +128,8 @@ class Load:
                 next_s += 1 / self.rate_rps
             else:
                 next_s = time.monotonic() + 0.01
-            # paces an open-loop sender, not a synchronisation; noqa: sleep-ok
-            await asyncio.sleep(max(0.0, next_s - time.monotonic()))
+            pause_s = max(0.0, next_s - time.monotonic())
+            await asyncio.sleep(pause_s)  # paces an open-loop sender; noqa: sleep-ok
 
     async def stop(self) -> Counter[str]:
         self._task.cancel()

@@ -226,13 +226,19 @@ async def test_unknown_gpulets_models_and_unservable_specs_are_unavailable(
     assert (status.cores, status.pid, status.restarts, status.pending) == ((), None, 0, 0)
 
 
+async def running_slow_batch(executor: SimulatedExecutor, gpulet: str) -> asyncio.Future[Any]:
+    """A "slow" batch started on `gpulet`, still running when this returns."""
+    inflight = asyncio.ensure_future(run(executor, gpulet, "slow", 1))
+    await asyncio.sleep(0)  # one turn: the batch is running; noqa: sleep-ok
+    return inflight
+
+
 async def test_apply_stops_gpulets_no_longer_wanted_and_fails_their_batches(
     sim: tuple[SimulatedExecutor, list[BatchTiming]],
 ) -> None:
     executor, timings = sim
     await executor.apply([spec("g1", "sim0", 50.0, "slow"), spec("g2", "sim0", 50.0, "lenet")])
-    inflight = asyncio.ensure_future(run(executor, "g1", "slow", 1))
-    await asyncio.sleep(0)  # one turn: the batch is running; noqa: sleep-ok
+    inflight = await running_slow_batch(executor, "g1")
     await executor.apply([spec("g2", "sim0", 50.0, "lenet"), spec("g3", "sim0", 50.0, "lenet")])
     with pytest.raises(Unavailable, match="g1 stopped"):
         await inflight
@@ -246,8 +252,7 @@ async def test_a_retiring_gpulet_finishes_its_batch_while_its_replacement_starts
 ) -> None:
     executor, timings = sim
     await executor.apply([spec("old", "sim0", 50.0, "slow"), spec("other", "sim0", 50.0, "lenet")])
-    inflight = asyncio.ensure_future(run(executor, "old", "slow", 1))
-    await asyncio.sleep(0)  # one turn: the batch is running; noqa: sleep-ok
+    inflight = await running_slow_batch(executor, "old")
     # The GPU is full, yet the new gpulet fits: a retiring share is not counted.
     await executor.apply([spec("new", "sim0", 50.0, "slow")], retiring=["old"])
     assert {s.gpulet_id: s.state for s in executor.statuses()} == {"old": "ready", "new": "ready"}
@@ -262,8 +267,7 @@ async def test_a_spec_that_changes_only_batch_sizes_is_taken_in_place(
 ) -> None:
     executor, _ = sim
     await executor.apply([spec("g", "sim0", 50.0, "slow")])
-    inflight = asyncio.ensure_future(run(executor, "g", "slow", 1))
-    await asyncio.sleep(0)  # one turn: the batch is running; noqa: sleep-ok
+    inflight = await running_slow_batch(executor, "g")
     rebatched = GpuletSpec("g", "agent", "sim0", (), (GpuletModel("slow", 8, 40.0),), 50.0)
     await executor.apply([rebatched])
     await inflight  # the gpulet was not restarted under its batch
