@@ -4,6 +4,8 @@
     GET  /v1/gpulets                     state of every gpulet and the placement version applied
     PUT  /v1/gpulets                     {"version", "gpulets": [GpuletSpec], "retiring": [id]}:
                                          start/stop to match; retiring ones keep draining
+    POST /v1/models                      {"models": [name]}: build and profile them (CPU agents;
+                                         the router's model load) -> {"profile_key", "built"}
     POST /v1/gpulets/{gpulet_id}/run     frame (header: model, timeout_ms, request_id) -> frame
 
 aiohttp rather than FastAPI: this hop carries every request, and a bare aiohttp handler costs
@@ -21,9 +23,10 @@ import orjson
 from aiohttp import web
 
 from agent.executor import GpuletExecutor
+from agent.model_prep import ModelPreparer
 from common import frames
 from common.cluster import AgentInfo
-from common.errors import BadRequest, GpuletError
+from common.errors import BadRequest, GpuletError, NotLoadable
 from common.placement import GpuletSpec
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ class AgentState:
     info: AgentInfo
     supervisor: GpuletExecutor
     applied_version: int = 0
+    preparer: ModelPreparer | None = None  # CPU agents measure their own profile
 
 
 STATE_KEY = web.AppKey("state", AgentState)
@@ -104,6 +108,24 @@ async def put_gpulets(request: web.Request) -> web.Response:
     )
 
 
+async def prepare_models(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        names = orjson.loads(await request.read())["models"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError("models must be a list of names")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BadRequest(f'bad model list: {exc}; send {{"models": ["name", ...]}}') from exc
+    if state.preparer is None:
+        raise NotLoadable(
+            f"agent {state.info.agent_id} does not measure profiles: its devices serve a profile "
+            "measured beforehand (simulated GPUs: the named profile; NVIDIA GPUs: `gpulet profile "
+            "--nvidia`), or it was started with GPULET_PROFILE_ON_START=false"
+        )  # fmt: skip
+    prepared = await state.preparer.prepare(names)
+    return json_response(prepared.to_json())
+
+
 async def run_batch(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     received = time.monotonic()
@@ -133,5 +155,6 @@ def create_app(info: AgentInfo, supervisor: GpuletExecutor) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/gpulets", get_gpulets)
     app.router.add_put("/v1/gpulets", put_gpulets)
+    app.router.add_post("/v1/models", prepare_models)
     app.router.add_post("/v1/gpulets/{gpulet_id}/run", run_batch)
     return app

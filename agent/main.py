@@ -17,8 +17,9 @@ from aiohttp import web
 from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
+from agent.model_prep import ModelPreparer
 from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publish_profile
-from agent.profiling import NO_PROFILE, ensure_agent_profile
+from agent.profiling import NO_PROFILE
 from agent.simulated import SimulatedExecutor, fitted_interference
 from agent.supervisor import Supervisor
 from common.cluster import AgentInfo, DeviceInfo, simulated_key
@@ -45,11 +46,11 @@ async def heartbeat_loop(store: Store, state: AgentState, ttl_s: float,
 
 
 async def announce_profile(
-    store: Store, settings: AgentSettings, state: AgentState, device: DeviceInfo
+    store: Store, settings: AgentSettings, state: AgentState, preparer: ModelPreparer
 ) -> None:
     """Measure (or reuse) this machine's profile, then advertise its key with our registration."""
     try:
-        key = await ensure_agent_profile(store, settings, device, state.info.agent_id)
+        key = (await preparer.prepare()).profile_key
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -118,7 +119,10 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         )
         cpu = [d for d in devices if d.kind == "cpu"]
         if cpu and settings.profile_on_start:
-            profiling = asyncio.create_task(announce_profile(store, settings, state, cpu[0]))
+            state.preparer = ModelPreparer(store, settings, cpu[0], agent_id)
+            profiling = asyncio.create_task(
+                announce_profile(store, settings, state, state.preparer)
+            )
         logger.info("agent up id=%s url=%s devices=%s", agent_id, url,
                     ",".join(f"{d.device_id}:{d.kind}" for d in devices))  # fmt: skip
         await stop.wait()

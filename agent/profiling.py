@@ -8,6 +8,7 @@ by each model's fingerprint (`agent.profiler.ensure_profile` re-measures only wh
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -15,7 +16,7 @@ import orjson
 from agent.profile_measure import read_machine_facts
 from agent.profile_plan import machine_key
 from agent.profiler import ensure_profile
-from common.cluster import DeviceInfo
+from common.cluster import CPU_KEY, DeviceInfo
 from common.settings import AgentSettings
 from common.store import Store
 
@@ -26,7 +27,7 @@ NO_PROFILE = "none"
 
 
 def profile_key_for(device: DeviceInfo) -> str:
-    return f"cpu:{machine_key(read_machine_facts(len(device.cores)))}"
+    return f"{CPU_KEY}{machine_key(read_machine_facts(len(device.cores)))}"
 
 
 def cache_path(settings: AgentSettings, key: str) -> Path:
@@ -44,9 +45,14 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 
 async def ensure_agent_profile(
-    store: Store, settings: AgentSettings, device: DeviceInfo, agent_id: str
+    store: Store,
+    settings: AgentSettings,
+    device: DeviceInfo,
+    agent_id: str,
+    models: Sequence[str] | None = None,
 ) -> str:
-    """Make sure the store holds this machine's profile of the served models; return its key."""
+    """Make sure the store holds this machine's profile of `models` (default: the served
+    ones); return its key."""
     key = profile_key_for(device)
     path = cache_path(settings, key)
     if await store.profile(key) is None and path.exists():
@@ -57,7 +63,7 @@ async def ensure_agent_profile(
         except (OSError, orjson.JSONDecodeError, KeyError) as exc:
             logger.warning("profile cache %s unreadable (%s); measuring again", path, exc)
     await ensure_profile(
-        store, settings, device, settings.model_list(),
+        store, settings, device, settings.model_list() if models is None else models,
         batches=parse_batches(settings.profile_batches), agent_id=agent_id,
     )  # fmt: skip
     found = await store.profile(key)

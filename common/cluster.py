@@ -26,6 +26,15 @@ def parse_simulated_key(key: str) -> tuple[str, float] | None:
     return name, float(scale) if mark else 1.0
 
 
+# CPU agents measure their own profile and advertise its store key, "cpu:<machine key>"; they
+# measure more models when the router loads one (POST /v1/models on the agent).
+CPU_KEY = "cpu:"
+
+
+def measures_own_profile(key: str | None) -> bool:
+    return bool(key) and str(key).startswith(CPU_KEY)
+
+
 # Agents of real GPUs told to plan on a shared profile (GPULET_NVIDIA_PROFILE) advertise
 # "profile:<name>": loaded by name like a simulated agent's, at its own speed.
 NAMED_KEY = "profile:"

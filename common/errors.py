@@ -90,6 +90,7 @@ _BY_CODE: dict[str, type[GpuletError]] = {
         GpuletError,
         BadRequest,
         UnknownModel,
+        NotLoadable,
         PayloadTooLarge,
         SloUnattainable,
         Unavailable,

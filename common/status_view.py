@@ -84,8 +84,11 @@ def status_document(
             "queued": _value(samples, "gpulet_queue_depth_requests", model=name),
         })  # fmt: skip
     return {
-        "placement": {"version": placement["version"], "switching": cluster.get("switching"),
-                      "unplaced": placement.get("unplaced", [])},  # fmt: skip
+        "placement": {
+            "version": placement["version"],
+            "switching": cluster.get("switching"),
+            "unplaced": placement.get("unplaced", []),
+        },  # fmt: skip
         "agents": [
             {k: a.get(k) for k in ("agent_id", "url", "hostname", "profile_key", "devices")}
             for a in cluster["agents"]

@@ -98,10 +98,19 @@ class AgentClient:
     async def gpulets(self, agent_url: str) -> dict[str, Any]:
         return await self._control("GET", f"{agent_url}/v1/gpulets", None)
 
-    async def _control(self, method: str, url: str, body: bytes | None) -> dict[str, Any]:
+    async def prepare_models(
+        self, agent_url: str, models: Sequence[str], timeout_s: float
+    ) -> dict[str, Any]:
+        """Ask a CPU agent to build and profile `models` (it may measure for a while)."""
+        body = orjson.dumps({"models": list(models)})
+        return await self._control("POST", f"{agent_url}/v1/models", body, timeout_s)
+
+    async def _control(
+        self, method: str, url: str, body: bytes | None, timeout_s: float = CONTROL_TIMEOUT_S
+    ) -> dict[str, Any]:
         try:
             async with (
-                asyncio.timeout(CONTROL_TIMEOUT_S),
+                asyncio.timeout(timeout_s),
                 self.session.request(method, url, data=body) as response,
             ):
                 payload = await response.read()

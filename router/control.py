@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from common.cluster import AgentInfo, parse_named_key, parse_simulated_key
+from common.cluster import AgentInfo, measures_own_profile, parse_named_key, parse_simulated_key
 from common.errors import GpuletError
 from common.placement import EMPTY_PLACEMENT, GpuletSpec, Placement, carry_ids
 from common.profiles import DeviceProfile, find_profile
@@ -136,6 +136,16 @@ class Controller:
         self.slos_ms.pop(name, None)
         self.rates_rps.pop(name, None)
         self._models_changed()
+
+    async def reload_measured_profile(self) -> None:
+        """Read the agents' measured profile again (a model load had them measure one more
+        model); the next fresh plan reads it too."""
+        keys = sorted(
+            {str(a.profile_key) for a in self.agents if measures_own_profile(a.profile_key)}
+        )
+        found = await self.store.profile(keys[0]) if keys else None
+        if found is not None:
+            self.profile = DeviceProfile.from_json(found[0])
 
     def _models_changed(self) -> None:
         self.models = sorted(self.slos_ms)

@@ -51,8 +51,7 @@ FAMILIES = {
     "router to the answer",
     "gpulet_batch_size_items": "Items per batch sent to a gpu-let",
     # per model, read at scrape time
-    "gpulet_queue_depth_requests": "Requests waiting in the router's gpu-let queues, not yet "
-    "sent",
+    "gpulet_queue_depth_requests": "Requests waiting in the router's gpu-let queues, not yet sent",
     "gpulet_measured_requests_per_second": "Arrival rate, smoothed (what re-planning follows)",
     "gpulet_planned_requests_per_second": "Rate the current placement is planned for",
     "gpulet_model_ready": "1 when the model has a ready gpu-let",

@@ -1,8 +1,10 @@
 """Model management (Triton's model repository extension): which models can be loaded, and
 loading or unloading one on the running controller and dispatcher.
 
-Load: 1. check the name (the catalog, or the simulated profile's models); 2. build its ONNX file
-if missing (CPU workers load it; in a thread, off the event loop); 3. ask the planner "what if"
+Load: 1. check the name (the catalog, or the simulated profile's models); 2. on CPU agents, which
+measure their own profile, ask each to build the model's ONNX file if missing and to profile it
+if their profile lacks it (POST /v1/models on the agent), then read the profile again; 3. ask
+the planner "what if"
 on the controller's profile, changing nothing (placement_problem): no profile rows, or no plan
 that gives it a gpu-let, is answered at once with why; 4. add it to the controller, which plans
 afresh (make-before-break keeps the other models serving); 5. wait for a ready gpu-let, then
@@ -20,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from common.cluster import AgentInfo
+from common.cluster import AgentInfo, measures_own_profile
 from common.errors import (
     BadRequest,
     GpuletError,
@@ -151,8 +153,8 @@ def placement_problem(
     if name not in profile.models():
         return NotLoadable(
             f"the agents' profile has no rows for {name} (it has {', '.join(profile.models())}); "
-            f"CPU agents measure the models in their GPULET_MODELS when they start: restart them "
-            f"with {name} there",
+            "simulated GPUs serve their named profile's models, and NVIDIA GPUs the models "
+            f"measured by `gpulet profile --nvidia`: measure {name} there first",
             model=name, profile_models=list(profile.models()),
         )  # fmt: skip
     live = plan_live(agents, profile, slos_ms, rates_rps, scheduler, interference=interference)
@@ -241,7 +243,7 @@ class Repository:
         check_rate(name, parameters.rate_rps, declared=bool(controller.rates_rps),
                    others=bool(controller.models))  # fmt: skip
         if not simulated and name in CATALOG:
-            await asyncio.to_thread(self._build, name)
+            await self._prepare(name)
         slos = {**controller.slos_ms, name: spec.default_slo_ms}
         rates = dict(controller.rates_rps)
         if parameters.rate_rps is not None:
@@ -265,14 +267,23 @@ class Repository:
         self.served[name] = spec
         logger.info("model loaded model=%s", name)
 
-    def _build(self, name: str) -> None:
-        from common.modelzoo.build import build_missing  # torch: only when a model is built
-
-        try:
-            build_missing(self.settings.model_dir, [name], progress=False)
-        except Exception as exc:  # torch and the exporter raise many types; one answer here
-            logger.exception("model build failed model=%s", name)
-            raise GpuletError(f"building {name} failed: {type(exc).__name__}: {exc}") from exc
+    async def _prepare(self, name: str) -> None:
+        """Have every CPU agent build and profile `name` (agents on one machine share a profile
+        key: the first measures, the others find the rows stored); then plan on the new rows."""
+        agents = [a for a in self.controller.agents if measures_own_profile(a.profile_key)]
+        if not agents:
+            return
+        logger.info("model load model=%s: agents %s build and profile it", name,
+                    ",".join(a.agent_id for a in agents))  # fmt: skip
+        timeout_s = self.settings.model_load_timeout_s
+        for agent in agents:  # one at a time: they may share cores, and would measure each other
+            try:
+                await self.controller.client.prepare_models(agent.url, [name], timeout_s)
+            except GpuletError as exc:  # keep its code and status; say which agent and model
+                exc.message = f"agent {agent.agent_id} could not prepare {name}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        await self.controller.reload_measured_profile()
 
     async def unload(self, name: str) -> None:
         self._check_known(name)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.cluster import AgentInfo
-from common.errors import BackendFailed, Unavailable
+from common.errors import BackendFailed, NotLoadable, Unavailable
 from common.placement import GpuletModel, GpuletSpec
 from common.procs import stop_process
 from common.profiles import find_profile
@@ -106,3 +106,18 @@ async def test_a_simulated_agent_registers_its_gpus_and_serves_batches(
         return {s.gpulet_id: s.state for s in statuses} == {"a": "ready", "b": "ready"}
 
     await eventually(heartbeat_shows_ready, sim_agent.process, "gpulet states in the heartbeat")
+
+
+async def test_a_simulated_agent_refuses_to_prepare_models_and_says_why(
+    sim_agent: SimAgent, store: Store, client: AgentClient
+) -> None:
+    async def registered() -> AgentInfo | None:
+        return next((a for a in await store.agents() if a.agent_id == sim_agent.agent_id), None)
+
+    await eventually(registered, sim_agent.process, "the agent in Redis")
+    with pytest.raises(NotLoadable, match="does not measure profiles"):
+        await client.prepare_models(sim_agent.url, ["noop"], 10.0)
+    session = client.session
+    async with session.post(f"{sim_agent.url}/v1/models", data=b'{"models": "noop"}') as answer:
+        assert answer.status == 400
+        assert "models must be a list" in (await answer.json())["error"]["message"]

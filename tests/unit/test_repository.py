@@ -101,7 +101,7 @@ def test_a_model_the_profile_serves_beside_the_others_has_no_problem() -> None:
 def test_a_model_without_profile_rows_is_not_loadable() -> None:
     found = problem("noop", {"resnet50": 108.0, "noop": 10.0})
     assert isinstance(found, NotLoadable)
-    assert "no rows for noop" in found.message and "GPULET_MODELS" in found.message
+    assert "no rows for noop" in found.message and "gpulet profile --nvidia" in found.message
 
 
 def test_an_slo_no_plan_meets_is_unattainable_with_the_numbers() -> None:
