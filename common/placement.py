@@ -32,6 +32,9 @@ class GpuletSpec:
     models: tuple[GpuletModel, ...]
     size: float = 0.0  # in the device kind's unit (cores for "cpu")
     duty_cycle_ms: float = 0.0
+    # The interference the plan predicts from the gpulets beside it (latencies x this; 1 alone):
+    # the dispatcher predicts with it from the first batch on, before it has measured any.
+    slowdown: float = 1.0
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -50,6 +53,7 @@ class GpuletSpec:
             "cores": list(self.cores),
             "size": self.size,
             "duty_cycle_ms": self.duty_cycle_ms,
+            "slowdown": self.slowdown,
             "models": [
                 {"name": m.name, "batch_size": m.batch_size, "planned_rps": m.planned_rps}
                 for m in self.models
@@ -65,6 +69,7 @@ class GpuletSpec:
             cores=tuple(int(c) for c in data["cores"]),
             size=float(data.get("size", 0.0)),
             duty_cycle_ms=float(data.get("duty_cycle_ms", 0.0)),
+            slowdown=float(data.get("slowdown", 1.0)),
             models=tuple(
                 GpuletModel(
                     name=str(m["name"]),

@@ -254,9 +254,9 @@ class Controller:
             return Wanted(placement, "agents", step, plan, inputs)
         if not self.follows_rates or self._plan is None or self.profile is None:
             return None
-        return self._replan(agents)
+        return await self._replan(agents)
 
-    def _replan(self, agents: list[AgentInfo]) -> Wanted | None:
+    async def _replan(self, agents: list[AgentInfo]) -> Wanted | None:
         assert self.arrivals is not None and self._plan is not None and self.profile is not None
         now_s = self.clock()
         if now_s < self._quiet_until_s:
@@ -268,9 +268,11 @@ class Controller:
         )  # fmt: skip
         if reason is None:
             return None
-        found = replan_live(
-            agents, self.profile, self._plan, self.slos_ms, targets.plan, self.scheduler,
-            interference=self._interference, changed=set(moved),
+        # Planning takes tens to hundreds of ms of CPU: off the event loop, which serves requests.
+        started = time.perf_counter()
+        found = await asyncio.to_thread(
+            replan_live, agents, self.profile, self._plan, dict(self.slos_ms), targets.plan,
+            self.scheduler, interference=self._interference, changed=set(moved),
         )  # fmt: skip
         if found is None:
             return None
@@ -278,8 +280,9 @@ class Controller:
         wanted = ", ".join(f"{m}={targets.plan[m]:.1f}" for m in moved)
         if step == "infeasible":
             logger.warning(
-                "re-plan (%s: %s req/s): no plan serves it; keeping version=%d for %.0fs",
-                reason, wanted, self.target.version, INFEASIBLE_BACKOFF_S,
+                "re-plan (%s: %s req/s): no plan serves it (searched %.0f ms); keeping "
+                "version=%d for %.0fs", reason, wanted, (time.perf_counter() - started) * 1000,
+                self.target.version, INFEASIBLE_BACKOFF_S,
             )  # fmt: skip
             self._quiet_until_s = now_s + INFEASIBLE_BACKOFF_S
             return None
@@ -316,8 +319,9 @@ class Controller:
                 return static_placement(agents, self.models), None
             profile = DeviceProfile.from_json(found[0])
         self.profile, self._interference = profile, interference
-        live = plan_live(agents, profile, self.slos_ms, self._fresh_rates(), self.scheduler,
-                         interference=interference)  # fmt: skip
+        live = await asyncio.to_thread(plan_live, agents, profile, dict(self.slos_ms),
+                                       self._fresh_rates(), self.scheduler,
+                                       interference=interference)  # fmt: skip
         if live is None:
             fallback = static_placement(agents, self.models)
             why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "

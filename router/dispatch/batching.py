@@ -10,7 +10,9 @@
        the oldest late: start + L̂(batch) ≥ its deadline − slack. A batch is sent even while the
        gpu-let is still busy: it queues at the worker, which then never idles between batches
        (holding it back by a margin-inflated prediction would); `busy_until_ms` only dates the
-       start that deadlines are judged by;
+       start that deadlines are judged by. The caller keeps that queue short (`may_send`): a
+       batch formed long before it runs is cut small by its deadlines, and small batches
+       lose throughput exactly when the gpu-let is overloaded;
        the batch is the longest FIFO prefix within the planned batch size whose every request
        still meets its deadline;
     3. otherwise the time to decide again.
@@ -19,11 +21,17 @@ Models sharing a gpu-let take turns: from `turn` on, the first model with a batc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # Decide this much before the last moment: the agent hop and the worker wake-up take time.
 DISPATCH_SLACK_MS = 1.0
+# Admission asks this much more of a new request than the queue asks of those it holds: its
+# predicted finish, with the work ahead x (1 + this), must meet its deadline. Predictions drift
+# after a request is queued (batches run longer than predicted, neighbours interfere, turns
+# interleave models), and a request admitted right at its limit would then be dropped after
+# waiting: the slow refusal that overload must avoid.
+ADMIT_HEADROOM = 0.1
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,12 @@ def decide(
     turn: int = 0,
     busy_until_ms: float = 0.0,
     slowdown: float = 1.0,
+    may_send: bool = True,
 ) -> BatchDecision:
     """`slowdown`: how much slower than predicted this gpu-let's batches have been running
-    (measured by the caller; 1 = as predicted); every prediction here is scaled by it."""
+    (measured by the caller; 1 = as predicted); every prediction here is scaled by it.
+    `may_send` False (the worker has enough batches already): drops only; a batch that is
+    ready waits, and the caller decides again when a batch is answered."""
     start_ms = max(now_ms, busy_until_ms)
     turns = {t.model: t for t in plan.models}
     drops: list[str] = []
@@ -102,6 +113,8 @@ def decide(
         latest_start = (min(r.deadline_ms for r in batch) - model.predict(items) * slowdown
                         - DISPATCH_SLACK_MS)  # fmt: skip
         if full or now_ms >= window_ends or now_ms >= latest_start:
+            if not may_send:
+                continue
             ready.append((model, batch))
         else:
             when = min(window_ends, latest_start)
@@ -117,17 +130,47 @@ def decide(
     return BatchDecision(chosen[0].model, ids, tuple(drops), now_ms, next_turn)
 
 
-def _backlog_ms(turns: dict[str, ModelTurn], ahead: dict[str, int], request: Pending) -> float:
+def admission_finish_ms(
+    plan: GpuletPlanView,
+    queued_items: Mapping[str, int],
+    request: Pending,
+    start_ms: float,
+    slowdown: float = 1.0,
+    budget_ms: float = float("inf"),
+) -> float:
+    """When a request arriving now would finish behind everything queued (`queued_items` per
+    model), with admission's headroom; inf when the gpu-let does not serve its model.
+
+    Its own batch counts as large as it may grow: later arrivals join it until it is sent,
+    while it still meets the deadlines in it, so up to the planned size or the largest batch
+    that fits the request's `budget_ms` (its SLO), whichever is smaller. The plan keeps a full
+    batch inside the model's SLO, so an idle gpu-let still admits. O(models): it runs on every
+    request."""
+    turns = {t.model: t for t in plan.models}
+    own = turns.get(request.model)
+    if own is None:
+        return float("inf")
+    stretch = slowdown * (1 + ADMIT_HEADROOM)
+    grows_to = max((b for b in range(1, own.batch_size + 1)
+                    if own.predict(b) * stretch <= budget_ms), default=1)  # fmt: skip
+    ahead = {name: queued_items.get(name, 0) for name in turns}
+    return start_ms + _backlog_ms(turns, ahead, request, own_batch=grows_to) * stretch
+
+
+def _backlog_ms(
+    turns: dict[str, ModelTurn], ahead: dict[str, int], request: Pending, own_batch: int = 0
+) -> float:
     """When `request` would finish from the gpu-let's start: the full batches of every model
-    queued before it, then its own batch. Without the queue ahead, an overloaded gpu-let keeps
-    admitting requests that can only be dropped later, after waiting (not "at once")."""
+    queued before it, then its own batch (at least `own_batch` items). Without the queue ahead,
+    an overloaded gpu-let keeps admitting requests that can only be dropped later, after
+    waiting (not "at once")."""
     own = turns[request.model]
     total = 0.0
     for name, items in ahead.items():
         turn = turns[name]
         if name == request.model:
             batches_before = items // turn.batch_size
-            in_batch = items % turn.batch_size + request.items
+            in_batch = max(items % turn.batch_size + request.items, own_batch)
             total += batches_before * turn.predict(turn.batch_size) + own.predict(in_batch)
         elif items:
             full, rest = divmod(items, turn.batch_size)

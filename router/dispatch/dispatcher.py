@@ -24,9 +24,9 @@ from common import frames
 from common.errors import DeadlinePassed, GpuletError, Unavailable
 from router.agent_client import AgentClient
 from router.dispatch.admission import Verdict, admit
-from router.dispatch.batching import GpuletPlanView, Pending, decide
+from router.dispatch.batching import GpuletPlanView, Pending, admission_finish_ms, decide
 from router.dispatch.observer import OK, DispatchObserver, NoObserver
-from router.dispatch.weights import RouteLoad, pick
+from router.dispatch.weights import RouteLoad, ranked
 from router.routing import Route, RoutingTable
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 SENT = -1.0  # `_step`'s answer after sending a batch: decide again at once
 GUARD_S = 1.0  # past the deadline, a request still unanswered is failed by `submit` itself
 SLOWDOWN_WEIGHT = 0.2  # EWMA weight of each batch's measured ÷ predicted time
+# Batches sent to a gpu-let and not yet answered: the running one and one queued behind it,
+# so the worker never idles between batches. More would fix batches long before they run.
+MAX_BATCHES_IN_FLIGHT = 2
 
 
 @dataclass
@@ -78,6 +81,7 @@ class GpuletQueue:
         self.observer = observer
         self.entries: dict[str, Entry] = {}
         self.queued_items = 0
+        self.queued_by_model: dict[str, int] = {}
         self.inflight_items = 0
         self.turn = 0
         self.busy_until_ms = 0.0
@@ -101,10 +105,22 @@ class GpuletQueue:
     def outstanding_items(self) -> int:
         return self.queued_items + self.inflight_items
 
+    def finish_ms(self, pending: Pending, now_ms: float, budget_ms: float) -> float:
+        """When `pending` would finish if queued now, behind everything queued and running,
+        with admission's headroom (`budget_ms`: its SLO, which bounds its batch)."""
+        return admission_finish_ms(self.view, self.queued_by_model, pending,
+                                   max(now_ms, self.busy_until_ms), self.slowdown,
+                                   budget_ms)  # fmt: skip
+
+    def idle_at(self, now_ms: float) -> bool:
+        return not self.queued_items and self.busy_until_ms <= now_ms
+
     def submit(self, entry: Entry) -> Awaitable[None] | None:
         """Queue `entry`; returns the send to await inline when it goes out alone at once."""
         self.entries[entry.pending.request_id] = entry
         self.queued_items += entry.pending.items
+        model = entry.pending.model
+        self.queued_by_model[model] = self.queued_by_model.get(model, 0) + entry.pending.items
         # Decide at once: a request that completes a batch goes out without waiting for the
         # loop to wake (the loop still handles windows and deadlines).
         try:
@@ -148,6 +164,7 @@ class GpuletQueue:
         decision = decide(
             [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
             self.busy_until_ms, self.slowdown,
+            may_send=len(self._predicted_ms) < MAX_BATCHES_IN_FLIGHT,
         )  # fmt: skip
         for request_id in decision.drop:
             entry = self._take(request_id)
@@ -187,6 +204,7 @@ class GpuletQueue:
     def _take(self, request_id: str) -> Entry:
         entry = self.entries.pop(request_id)
         self.queued_items -= entry.pending.items
+        self.queued_by_model[entry.pending.model] -= entry.pending.items
         return entry
 
     def _busy_tick(self, now_ms: float) -> None:
@@ -361,14 +379,30 @@ class Dispatcher:
             raise verdict.error
         loads = [RouteLoad(q.route.gpulet.gpulet_id, _planned(q.route, model), q.outstanding_items)
                  for q in queues]  # fmt: skip
-        queue = self.queues[pick(loads)]
+        arrived_ms = self.clock() * 1000
+        pending = Pending(request_id, model, items, arrived_ms, deadline_ms)
+        # Eager drop at the door: the first gpu-let (in routing order) that can finish it
+        # within its SLO takes it; when none can, it is refused now rather than after waiting.
+        # Once queued it may run until its deadline (slo x GPULET_DEADLINE_FACTOR): a little
+        # drift then makes it late rather than dropped.
+        admit_by_ms = min(deadline_ms, started_ms + slo_ms)
+        finish_ms = float("inf")
+        tried = []
+        for candidate in ranked(loads):
+            queue = self.queues[candidate]
+            tried.append(queue)
+            remaining_ms = admit_by_ms - arrived_ms
+            finish_ms = min(finish_ms, queue.finish_ms(pending, arrived_ms, remaining_ms))
+            if finish_ms <= admit_by_ms:
+                break
+        else:
+            self._answered(model, DeadlinePassed.code, None, started_ms, slo_ms)
+            raise _refusal(model, started_ms, arrived_ms, finish_ms, admit_by_ms,
+                           busy=not all(q.idle_at(arrived_ms) for q in tried))  # fmt: skip
         gpulet_id = queue.route.gpulet.gpulet_id
         future: asyncio.Future[Answer]
         future = asyncio.get_running_loop().create_future()
-        arrived_ms = self.clock() * 1000
-        inline = queue.submit(
-            Entry(Pending(request_id, model, items, arrived_ms, deadline_ms), inputs, future)
-        )
+        inline = queue.submit(Entry(pending, inputs, future))
         if inline is not None:
             await inline  # sets `future`
         try:
@@ -400,6 +434,24 @@ class Dispatcher:
         queues, self.queues = list(self.queues.values()), {}
         await asyncio.gather(*(q.close() for q in queues), *self._draining.values(),
                              return_exceptions=True)  # fmt: skip
+
+
+def _refusal(
+    model: str, started_ms: float, now_ms: float, finish_ms: float, admit_by_ms: float, busy: bool
+) -> DeadlinePassed:
+    """Why a request is refused at the door, in words that say what to change."""
+    budget_ms = admit_by_ms - started_ms
+    details: dict[str, Any] = {"model": model, "slo_ms": round(budget_ms, 1)}
+    if admit_by_ms <= now_ms:
+        return DeadlinePassed(f"{model}: its deadline ({budget_ms:.0f} ms) passed before it "
+                              "could be queued", **details)  # fmt: skip
+    details["predicted_ms"] = round(finish_ms - started_ms, 1)
+    why = ("the model is overloaded: retry later or allow a longer SLO" if busy else
+           "its batch alone takes longer: allow a longer SLO")  # fmt: skip
+    return DeadlinePassed(
+        f"{model}: it would finish {finish_ms - started_ms:.0f} ms after it arrived, past its "
+        f"SLO ({budget_ms:.0f} ms); refused before queueing ({why})", **details,
+    )  # fmt: skip
 
 
 def _planned(route: Route, model: str) -> float:

@@ -12,8 +12,10 @@ PREDICTED_BATCHES = 32  # the table covers this many items; past it, `ModelTurn.
 
 
 def plan_view(route: Route, profile: DeviceProfile | None) -> GpuletPlanView:
+    """Predicted latencies as the plan made them: the profile's, x the latency margin, x the
+    interference predicted from the gpu-let's neighbours."""
     gpulet = route.gpulet
-    margin = PlanConfig().latency_margin
+    margin = PlanConfig().latency_margin * max(1.0, gpulet.slowdown)
     turns = []
     for model in gpulet.models:
         table: list[float] = []

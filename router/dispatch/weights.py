@@ -23,13 +23,19 @@ class RouteLoad:
 
 
 def pick(routes: Sequence[RouteLoad]) -> str:
+    return ranked(routes)[0]
+
+
+def ranked(routes: Sequence[RouteLoad]) -> list[str]:
+    """Every route, the one to pick first (the next ones: where to go when it cannot take the
+    request in time)."""
     if not routes:
         raise ValueError("no route to pick from")
-    best = min(
+    order = sorted(
         range(len(routes)),
         key=lambda i: (
             (routes[i].outstanding_items + 1) / max(routes[i].planned_rps, MIN_PLANNED_RPS),
             i,
         ),
     )
-    return routes[best].gpulet_id
+    return [routes[i].gpulet_id for i in order]

@@ -175,6 +175,7 @@ def to_placement(
                 cores=tuple(cores),
                 size=gpulet.size,
                 duty_cycle_ms=round(gpulet.duty_cycle_ms, 3),
+                slowdown=round(gpulet.slowdown, 4),
                 models=tuple(
                     GpuletModel(m.name, m.batch, round(m.rate_rps, 3)) for m in gpulet.models
                 ),

@@ -49,9 +49,12 @@ async def setup() -> tuple[Dispatcher, HeldClient, Clock, Recorder]:
     await dispatcher.close()
 
 
+SLO_MS = 1000.0  # the requests' SLO: far enough for the latencies these tests step through
+
+
 def submit(dispatcher: Dispatcher, request_id: str, **kwargs: float) -> asyncio.Task[object]:
     inputs = {"input": np.zeros((1, 1), np.float32)}
-    return asyncio.create_task(dispatcher.submit("m", inputs, 1, 50.0, FAR_MS, request_id,
+    return asyncio.create_task(dispatcher.submit("m", inputs, 1, SLO_MS, FAR_MS, request_id,
                                                  **kwargs))  # fmt: skip
 
 
@@ -90,11 +93,11 @@ async def test_each_answer_reports_its_code_gpulet_and_latency_from_arrival(setu
     with pytest.raises(BackendFailed):
         await failed
     with pytest.raises(GpuletError, match="no ready gpulet serves"):
-        await dispatcher.submit("other", {}, 1, 50.0, FAR_MS, "refused")
+        await dispatcher.submit("other", {}, 1, SLO_MS, FAR_MS, "refused")
     assert seen.requests == [
-        ("m", "ok", GPULET, 750.0, 50.0, 2250.0),
-        ("m", "backend_failed", GPULET, 250.0, 50.0, 2500.0),
-        ("other", "unavailable", None, 0.0, 50.0, 2500.0),
+        ("m", "ok", GPULET, 750.0, SLO_MS, 2250.0),
+        ("m", "backend_failed", GPULET, 250.0, SLO_MS, 2500.0),
+        ("other", "unavailable", None, 0.0, SLO_MS, 2500.0),
     ]
     # The JSON counts by outcome and the observer see the same answers.
     assert dispatcher.outcomes == {"m": {"ok": 1, "backend_failed": 1},

@@ -6,14 +6,16 @@ import pytest
 
 from router.dispatch.admission import Verdict, admit
 from router.dispatch.batching import (
+    ADMIT_HEADROOM,
     DISPATCH_SLACK_MS,
     BatchDecision,
     GpuletPlanView,
     ModelTurn,
     Pending,
+    admission_finish_ms,
     decide,
 )
-from router.dispatch.weights import RouteLoad, pick
+from router.dispatch.weights import RouteLoad, pick, ranked
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -116,6 +118,48 @@ def test_shared_gpulet_models_take_turns() -> None:
     assert (second.model, second.dispatch, second.next_turn) == ("b", ("b1",), 0)
     # With b's turn first, b goes before a even though a arrived at the same time.
     assert decide(queue, 40.0, SHARED, turn=1).model == "b"
+
+
+def test_a_worker_with_enough_batches_gets_no_more_but_drops_still_happen() -> None:
+    full = [req(f"r{i}", 0, 500) for i in range(4)]
+    held = decide([*full, req("late", 0, 20)], 10.0, ONE, 0, 10.0, may_send=False)
+    assert (held.model, held.dispatch, held.drop) == (None, (), ("late",))
+    assert decide(full, 10.0, ONE, 0, 10.0).dispatch == ("r0", "r1", "r2", "r3")
+
+
+@pytest.mark.parametrize(
+    ("queued", "budget", "start", "expected"),
+    [
+        # Idle: its own batch counts as full (L̂(4) = 30), as later arrivals fill it.
+        pytest.param({}, float("inf"), 0.0, 30.0, id="own-batch-full"),
+        # A 20 ms SLO lets its batch grow only to 1 item (L̂(1) x 1.1 = 16.5 <= 20).
+        pytest.param({}, 20.0, 0.0, 15.0, id="tight-slo-small-batch"),
+        # Five items ahead: one full batch (30), then its own, full (30).
+        pytest.param({"a": 5}, float("inf"), 0.0, 60.0, id="queue-ahead"),
+        # The other model's queued items count too: one batch of 2 (L̂ = 4).
+        pytest.param({"b": 2}, float("inf"), 0.0, 34.0, id="other-model-ahead"),
+        # Busy until 100: everything starts then.
+        pytest.param({}, float("inf"), 100.0, 30.0, id="busy"),
+    ],
+)  # fmt: skip
+def test_admission_predicts_the_finish_behind_the_queue_with_headroom(
+    queued: dict[str, int], budget: float, start: float, expected: float
+) -> None:
+    finish = admission_finish_ms(SHARED, queued, req("new", 0, 500), start, 1.0, budget)
+    assert finish == pytest.approx(start + expected * (1 + ADMIT_HEADROOM))
+    # A measured slowdown stretches the work, not the start.
+    slow = admission_finish_ms(SHARED, queued, req("new", 0, 500), start, 2.0, float("inf"))
+    assert slow > start + 2 * expected
+
+
+def test_admission_of_a_model_the_gpulet_does_not_serve_is_never() -> None:
+    assert admission_finish_ms(ONE, {}, req("x", 0, 500, model="zzz"), 0.0) == float("inf")
+
+
+def test_ranked_routes_start_with_the_pick() -> None:
+    routes = [RouteLoad("g1", 10.0, 9), RouteLoad("g2", 10.0, 0), RouteLoad("g3", 20.0, 9)]
+    assert ranked(routes) == ["g2", "g3", "g1"]
+    assert pick(routes) == "g2"
 
 
 def test_prediction_past_the_table_is_linear_not_optimistic() -> None:

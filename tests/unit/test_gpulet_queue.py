@@ -12,7 +12,7 @@ from common import frames
 from common.placement import GpuletModel, GpuletSpec
 from router.agent_client import AgentClient
 from router.dispatch.batching import GpuletPlanView, ModelTurn, Pending
-from router.dispatch.dispatcher import Entry, GpuletQueue
+from router.dispatch.dispatcher import MAX_BATCHES_IN_FLIGHT, Entry, GpuletQueue
 from router.dispatch.observer import NoObserver
 from router.routing import Route
 
@@ -47,21 +47,27 @@ async def test_an_answer_re_anchors_the_predicted_end_on_the_clock() -> None:
     view = GpuletPlanView(10.0, (ModelTurn("m", 1, (PREDICTED_MS,)),))
     queue = GpuletQueue(route, view, agent, lambda: now[0], NoObserver())
     futures: list[asyncio.Future[Any]] = []
-    for i in range(3):  # three batches of one, sent back to back
+    for i in range(3):  # three batches of one
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         futures.append(future)
         pending = Pending(f"r{i}", "m", 1, now[0] * 1000, now[0] * 1000 + 10_000)
         inline = queue.submit(Entry(pending, {"input": np.zeros((1, 1), np.float32)}, future))
         if inline is not None:
             futures[-1] = asyncio.ensure_future(inline)
-    while len(agent.running) < 3:  # the sends reach the agent
+    while len(agent.running) < MAX_BATCHES_IN_FLIGHT:  # the sends reach the agent
         await agent.arrived.wait()
         agent.arrived.clear()
-    assert queue.busy_until_ms == pytest.approx(now[0] * 1000 + 3 * PREDICTED_MS)
+    # The worker holds the running batch and one behind it; the third waits in the queue.
+    assert len(agent.running) == MAX_BATCHES_IN_FLIGHT == 2
+    assert list(queue.entries) == ["r2"]
+    assert queue.busy_until_ms == pytest.approx(now[0] * 1000 + 2 * PREDICTED_MS)
     now[0] += 0.010  # the first batch took 10 ms, not the predicted 100
     agent.running[0].set_result(None)
     await futures[0]
-    # two batches left, the next starting now: the 90 ms saved are not kept as phantom work
+    while len(agent.running) < 3:  # the answer lets the third go
+        await agent.arrived.wait()
+        agent.arrived.clear()
+    # two batches in flight, the next starting now: the 90 ms saved are not kept as phantom work
     assert queue.busy_until_ms == pytest.approx(now[0] * 1000 + 2 * PREDICTED_MS)
     for done in agent.running[1:]:
         done.set_result(None)

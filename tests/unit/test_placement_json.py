@@ -72,6 +72,7 @@ def test_placement_json_shape() -> None:
         "cores": [0, 1],
         "size": 2.0,
         "duty_cycle_ms": 12.5,
+        "slowdown": 1.0,
         "models": [
             {"name": "noop", "batch_size": 8, "planned_rps": 120.5},
             {"name": "lenet", "batch_size": 1, "planned_rps": 0.0},
