@@ -189,9 +189,20 @@ def predicted_peak(
 def system_up(path: Path, k: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
     """`gpulet up --scenario PATH --time-scale K` as a child; yields its URL once ready."""
     args = ["--scenario", str(path)]
+    if env.get("GPULET_AGENT_CORES"):  # the workers' share (`split_cores`), not the scenario's
+        args += ["--agent-cores", env["GPULET_AGENT_CORES"]]
     if k != 1:  # only simulated GPUs can be slowed down; `up` refuses K on a cpu scenario
         args += ["--time-scale", str(k)]
-    with gpulet_up(args, env, log_path) as (base, _):
+    with gpulet_up(args, env, log_path) as (base, up_pid):
+        pinned = serving_cores(env)
+        if pinned is not None:
+            # The agent found its cores at start (GPULET_AGENT_CORES); its workers pin
+            # themselves there, also when started later, whatever the agent's own mask.
+            import psutil
+
+            up = psutil.Process(up_pid)
+            for process in (up, *up.children()):  # gpulet up, its router and its agent
+                process.cpu_affinity(sorted(pinned))
         yield base
 
 
@@ -231,13 +242,16 @@ def trial(
     duration_s: float,
     seed: int,
     out: Path,
+    pinned: set[int] | None = None,
 ) -> dict[str, Any]:
     """One `gpulet loadgen` run at sweep rate r; its report."""
     args = [sys.executable, "-m", "common.cli", "loadgen", str(path), "--url", base, "--rate",
             f"{rate:.4f}", "--duration", f"{duration_s:g}", "--time-scale", str(k), "--seed",
             str(seed), "--out", str(out), "--quiet"]  # fmt: skip
     done = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=duration_s + LOADGEN_SLACK_S)  # fmt: skip
+                          timeout=duration_s + LOADGEN_SLACK_S,
+                          preexec_fn=None if pinned is None else
+                          lambda: os.sched_setaffinity(0, pinned))  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr[-2000:]}")
     report: dict[str, Any] = orjson.loads(out.read_bytes())
@@ -268,8 +282,9 @@ def run_scheduler(
 
         def meets_goal(fraction: float) -> bool:
             rate = fraction * predicted
-            report = trial(base, path, scenario, k, rate, duration_s, seed,
-                           tmp / f"{scheduler}-{fraction:.3f}.json")  # fmt: skip
+            out = tmp / f"{scheduler}-{fraction:.3f}.json"
+            report = trial(base, path, scenario, k, rate, duration_s, seed, out,
+                           serving_cores(env))  # fmt: skip
             found = as_trial(report, rate, fraction, rate * weights / k)
             trials.append(found)
             print(f"    {scheduler:11s} r = {rate:7.1f} ({fraction:.2f} r*, {found.sent_rps:.0f} "
@@ -323,6 +338,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=STEP_FRACTION,
         help=f"rate step, as a share of r* (default {STEP_FRACTION:g})",
     )
+    parser.add_argument(
+        "--serving-cores",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cpu scenarios: run router, agent and loadgen on the first N cores and the "
+        "workers on the rest (GPULET_AGENT_CORES), so that serving does not take the cores "
+        "the plan gives the workers (default 0: everything shares every core)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     return parser.parse_args(argv)  # fmt: skip
 
@@ -340,6 +364,8 @@ def run_scenario(
         # setting ignores it).
         "GPULET_REPLAN_EPOCH_S": "0",
     }
+    split = args.serving_cores if not scenario.simulated else 0
+    split_cores(split, env)
     with tempfile.TemporaryDirectory(prefix="gpulet-e2e-peak-") as tmp_name:
         tmp = Path(tmp_name)
         try:
@@ -376,9 +402,31 @@ def run_scenario(
         "trial_duration_s": duration_s,
         "weights": {m.name: m.weight for m in scenario.models},
         "slo_ms": {m.name: m.slo_ms for m in scenario.models},
+        "serving_cores": split, "worker_cores": env.get("GPULET_AGENT_CORES", "all"),
         "predicted_rps": predicted, "summary": summary(runs, predicted),
         "runs": [asdict(r) for r in runs],
     }  # fmt: skip
+
+
+def split_cores(cores: int, env: dict[str, str]) -> None:
+    """With `cores` > 0: the agent's workers get every core but the first `cores`
+    (GPULET_AGENT_CORES); `serving_cores` then names the first ones, where `system_up` pins
+    `gpulet up`, its router and agent, and `trial` pins loadgen."""
+    if cores <= 0:
+        return
+    everything = sorted(os.sched_getaffinity(0))
+    if cores >= len(everything):
+        raise ValueError(f"--serving-cores {cores}: only {len(everything)} cores; leave some "
+                         "for the workers")  # fmt: skip
+    env["GPULET_AGENT_CORES"] = ",".join(map(str, everything[cores:]))
+
+
+def serving_cores(env: dict[str, str]) -> set[int] | None:
+    """The cores serving runs on when the workers have their own (`split_cores`); else None."""
+    workers = env.get("GPULET_AGENT_CORES")
+    if not workers:
+        return None
+    return set(os.sched_getaffinity(0)) - {int(c) for c in workers.split(",")}
 
 
 def _purge(redis_url: str, prefix: str) -> None:

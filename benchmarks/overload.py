@@ -46,6 +46,16 @@ def refusal_spread(records: Sequence[Record]) -> Spread | None:
                       if r.status in REFUSALS and r.latency_ms is not None])  # fmt: skip
 
 
+def rss_summary(rss: Sequence[float]) -> dict[str, Any]:
+    """Start, end, max, and the growth over the second half of the run (flat: ~0), from
+    samples every RSS_SAMPLE_S; the samples are kept, rounded, for a plot."""
+    half = rss[len(rss) // 2 :]
+    minutes = max(len(half) - 1, 1) * RSS_SAMPLE_S / 60
+    return {"start": rss[0], "end": rss[-1], "max": max(rss), "samples": len(rss),
+            "second_half_mib_per_min": (half[-1] - half[0]) / minutes,
+            "every_s": RSS_SAMPLE_S, "series": [round(r, 1) for r in rss]}  # fmt: skip
+
+
 def refusals_by_stage(records: Sequence[Record]) -> dict[str, int]:
     """How many refusals came fast (within FAST_REFUSAL_MS) and how many after waiting."""
     late = [r for r in records if r.status in REFUSALS and r.latency_ms is not None]
@@ -84,8 +94,12 @@ def run(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        config = RunConfig(url=base, bodies=request_bodies(scenario),
-                           slo_ms={m.name: m.slo_ms for m in scenario.models}, progress=False)
+        config = RunConfig(
+            url=base,
+            bodies=request_bodies(scenario),
+            slo_ms={m.name: m.slo_ms for m in scenario.models},
+            progress=False,
+        )
         result = asyncio.run(run_open_loop(arrivals, config))
         done.set()
         sampler.join()
@@ -103,8 +117,7 @@ def run(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
             "count": refusals.count, "p50": refusals.p50_ms, "p99": refusals.p99_ms,
             "max": refusals.max_ms, **refusals_by_stage(measured)},
         "admitted_p99_ms_vs_slo": admitted_p99(measured),
-        "router_rss_mib": {"start": rss[0], "end": rss[-1], "max": max(rss),
-                           "samples": len(rss)},
+        "router_rss_mib": rss_summary(rss),
         "sender_lateness_p99_ms": report.lateness.p99_ms if report.lateness else None,
     }  # fmt: skip
 
@@ -119,14 +132,16 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
         f"{figures['errors']}, goodput {figures['goodput_rps']:.1f}/s",
         "  refusals (429/503/504): " + ("none" if refusal is None else
             f"{refusal['count']} answered in p50 {refusal['p50']:.1f} ms, p99 "
-            f"{refusal['p99']:.1f} ms, max {refusal['max']:.1f} ms (goal p99 <= 50 ms)"),
+            f"{refusal['p99']:.1f} ms, max {refusal['max']:.1f} ms (goal p99 <= 50 ms); "
+            f"{refusal['fast']} within 50 ms, {refusal['after_waiting']} after"),
     ]  # fmt: skip
     for model, (p99, slo) in figures["admitted_p99_ms_vs_slo"].items():
         lines.append(f"  admitted {model}: p99 {p99:.1f} ms, SLO {slo:g} ms "
                      f"({'within' if p99 <= slo else 'OVER'})")  # fmt: skip
     rss = figures["router_rss_mib"]
     lines.append(f"  router RSS: {rss['start']:.1f} MiB at start, {rss['end']:.1f} MiB at end, "
-                 f"max {rss['max']:.1f} MiB over {rss['samples']} samples")  # fmt: skip
+                 f"max {rss['max']:.1f} MiB over {rss['samples']} samples; second half "
+                 f"{rss['second_half_mib_per_min']:+.1f} MiB/min")  # fmt: skip
     lines.append(f"  loadgen lateness p99 {figures['sender_lateness_p99_ms']:.2f} ms")
     return "\n".join(lines)
 
@@ -139,20 +154,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--deadline-factor", type=float, default=2.0,
-                        help="GPULET_DEADLINE_FACTOR: deadline = SLO x this (default 2)")
+    parser.add_argument(
+        "--deadline-factor",
+        type=float,
+        default=2.0,
+        help="GPULET_DEADLINE_FACTOR: deadline = SLO x this (default 2)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs, each a fresh system")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="gpulet-overload-"))
-    print(f"system log in {logs}", file=sys.stderr)
-    figures = run(args, logs / "up.log")
-    print(render(figures, args))
+    print(f"system logs in {logs}", file=sys.stderr)
+    runs = []
+    for repeat in range(args.repeats):
+        figures = run(args, logs / f"up-{repeat}.log")
+        print(render(figures, args), flush=True)
+        runs.append(figures)
+    summary = spread_of(runs)
+    print(render_spread(summary))
     if args.json is not None:
-        data = {"command": " ".join(sys.argv), **vars(args), **figures}
+        data = {"command": " ".join(sys.argv), **vars(args), "spread": summary, "runs": runs}
         data["scenario"] = str(args.scenario)
         data.pop("json", None)
         args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
+
+
+def spread_of(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """[median, min, max] over the runs of the figures the goals name."""
+    columns: dict[str, list[float]] = {}
+    for figures in runs:
+        refusal = figures["refusal_latency_ms"] or {}
+        rss = figures["router_rss_mib"]
+        picked = {
+            "goodput_rps": figures["goodput_rps"],
+            "refusal_p99_ms": refusal.get("p99", 0.0),
+            "admitted_p99_over_slo_worst": max(
+                p99 / slo for p99, slo in figures["admitted_p99_ms_vs_slo"].values()
+            ),
+            "rss_second_half_mib_per_min": rss["second_half_mib_per_min"],
+            "rss_end_mib": rss["end"],
+        }
+        for name, value in picked.items():
+            columns.setdefault(name, []).append(float(value))
+    return {name: [float(np.median(v)), min(v), max(v)] for name, v in columns.items()}
+
+
+def render_spread(summary: dict[str, list[float]]) -> str:
+    return "median [min-max] over the runs: " + "; ".join(
+        f"{name} {mid:.2f} [{low:.2f}-{high:.2f}]" for name, (mid, low, high) in summary.items()
+    )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def up_options(args: argparse.Namespace) -> UpOptions:
     if args.time_scale != 1:
         is_sim = simulated is not None
         slos = {n: slos.get(n, spec_for(n, simulated=is_sim).default_slo_ms) for n in models}
-    cores = None
-    if scenario is not None and scenario.kind == "cpu" and simulated is None:
+    cores = args.agent_cores
+    if cores is None and scenario is not None and scenario.kind == "cpu" and simulated is None:
         cores = _first_cores(scenario.devices)
     return UpOptions(
         args.host, args.port, models, args.agent_port,
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated models to serve (default: all; with --simulated, "
                     "the profile's)")  # fmt: skip
     up.add_argument("--agent-port", type=int, default=0, help="agent port (default: any free)")
+    up.add_argument("--agent-cores", default=None, metavar="CORES",
+                    help="cores the CPU agent's workers may use, e.g. '1-3' (default: all, or "
+                    "a cpu scenario's first N)")  # fmt: skip
     up.add_argument("--no-build", action="store_true", help="do not build missing models")
     up.add_argument("--simulated", default=None, metavar="PROFILE",
                     help="simulated GPUs of a measured profile instead of CPU workers")  # fmt: skip

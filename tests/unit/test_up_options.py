@@ -61,6 +61,8 @@ def test_a_cpu_scenario_takes_its_first_cores(tmp_path: Path) -> None:
     assert got.simulated is None and got.build
     assert got.models == ("noop",) and got.slos_ms == {"noop": 12.0}
     assert got.agent_cores == str(min(os.sched_getaffinity(0)))
+    # --agent-cores overrides the scenario's (benchmarks give serving a core of its own).
+    assert options("--scenario", str(path), "--agent-cores", "1-3").agent_cores == "1-3"
 
 
 @pytest.mark.parametrize(
