@@ -42,7 +42,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY . /src
 # No torch here: the runtime only loads the ONNX files built above.
-# For an NVIDIA agent image, install '.[gpu]' instead (onnxruntime-gpu, nvidia-ml-py).
+# For an NVIDIA agent image, install '.[gpu]' (nvidia-ml-py), then swap the ONNX Runtime wheel:
+# `pip uninstall -y onnxruntime && pip install onnxruntime-gpu` (they are one module).
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/gpulet gpulet
 

@@ -234,10 +234,13 @@ def read_machine_facts(cores: int) -> MachineFacts:
                 break
     except OSError:
         pass
-    try:
-        ort_version = importlib.metadata.version("onnxruntime")  # no import: no thread pool here
-    except importlib.metadata.PackageNotFoundError:
-        ort_version = "absent"
+    ort_version = "absent"
+    for distribution in ("onnxruntime", "onnxruntime-gpu"):  # the CPU wheel, or its GPU twin
+        try:
+            ort_version = importlib.metadata.version(distribution)  # no import: no thread pool
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return MachineFacts(cpu_model, cores, ort_version)
 
 

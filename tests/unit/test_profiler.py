@@ -184,3 +184,27 @@ def test_merge_keeps_valid_stored_models_and_replaces_measured_ones() -> None:
     merged = merge_profiles(stored, ["noop"], measured)
     assert dict(merged.latency_points) == {("lenet", 1.0): ((1, 2.0),), ("noop", 1.0): ((1, 0.1),)}
     assert merge_profiles(None, ["noop"], measured).latency_points == measured.latency_points
+
+
+@pytest.mark.parametrize(
+    ("installed", "expected"),
+    [
+        ({"onnxruntime": "1.20.1"}, "1.20.1"),
+        ({"onnxruntime-gpu": "1.20.0"}, "1.20.0"),  # the GPU wheel in place of the CPU one
+        ({}, "absent"),
+    ],
+)
+def test_machine_facts_name_whichever_onnxruntime_wheel_is_installed(
+    monkeypatch: pytest.MonkeyPatch, installed: dict[str, str], expected: str
+) -> None:
+    import importlib.metadata
+
+    from agent import profile_measure
+
+    def version(distribution: str) -> str:
+        if distribution not in installed:
+            raise importlib.metadata.PackageNotFoundError(distribution)
+        return installed[distribution]
+
+    monkeypatch.setattr(profile_measure.importlib.metadata, "version", version)
+    assert profile_measure.read_machine_facts(2).ort_version == expected
