@@ -70,15 +70,19 @@ class ModelPreparer:
     def models(self) -> list[str]:
         return list(dict.fromkeys([*self.settings.model_list(), *self.added]))
 
-    async def prepare(self, names: Sequence[str] = ()) -> Prepared:
-        """Build and profile `names` besides the models already prepared; return the profile's
-        key (unchanged: one machine, one key; the rows under it grow)."""
-        wanted = check_names(names) if names else []
+    async def prepare(self, names: Sequence[str] | None = None) -> Prepared:
+        """Build and profile `names` besides the models already prepared (None: just those);
+        return the profile's key (unchanged: one machine, one key; the rows under it grow)."""
+        wanted = check_names(names) if names is not None else []
         async with self._lock:
             built = await asyncio.to_thread(build_files, self.settings, wanted) if wanted else []
-            self.added.extend(n for n in wanted if n not in self.models())
-            key = await ensure_agent_profile(self.store, self.settings, self.device,
-                                             self.agent_id, self.models())  # fmt: skip
+            known = set(self.models())
+            self.added.extend(n for n in wanted if n not in known)
+            try:
+                key = await ensure_agent_profile(self.store, self.settings, self.device,
+                                                 self.agent_id, self.models())  # fmt: skip
+            except (FileNotFoundError, ValueError) as exc:  # a start-up model never built, ...
+                raise NotLoadable(f"cannot profile {', '.join(self.models())}: {exc}") from exc
         if wanted:
             logger.info("models prepared models=%s built=%s key=%s", ",".join(wanted),
                         ",".join(built) or "-", key)  # fmt: skip

@@ -33,7 +33,7 @@ from agent.executor import serving
 from common import frames
 from common.cluster import DeviceInfo, GpuletState, GpuletStatus
 from common.errors import BackendFailed, BadRequest, DeadlinePassed, Overloaded, Unavailable
-from common.models import spec_for
+from common.models import TensorSpec, spec_for
 from common.placement import GpuletSpec
 from common.profiles import DeviceProfile, ProfileGap
 from common.settings import AgentSettings
@@ -426,8 +426,13 @@ def batch_size(tensors: dict[str, frames.Array]) -> int:
 
 def output_tensors(model: str, batch: int) -> dict[str, frames.Array]:
     """Zeros of the model's simulated signature (a token per item), for `batch` items."""
-    outputs = spec_for(model, simulated=True).outputs
-    return {o.name: np.zeros((batch, *o.item_shape), dtype=o.dtype) for o in outputs}
+    return {o.name: np.zeros((batch, *o.item_shape), dtype=o.dtype) for o in _outputs(model)}
+
+
+@functools.cache
+def _outputs(model: str) -> tuple[TensorSpec, ...]:
+    """A model's simulated outputs: asked on every batch, built once."""
+    return spec_for(model, simulated=True).outputs
 
 
 def fitted_interference(profile: DeviceProfile) -> InterferenceModel:

@@ -40,6 +40,7 @@ STATIC = "static"
 SWITCH_TIMEOUT_S = 120.0
 # After demand no plan can serve, wait this long before trying again (planning is not free).
 INFEASIBLE_BACKOFF_S = 5.0
+EVENTS_KEPT = 1000  # re-plans remembered for /v1/cluster (a router runs for months)
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class Controller:
         self.retiring: dict[str, GpuletSpec] = {}  # replaced gpulets still draining
         self.switching = False
         self._switch_since_s = 0.0
-        self.events: list[ReplanEvent] = []
+        self.events: list[ReplanEvent] = []  # the latest EVENTS_KEPT
+        self.replans_by_reason: dict[str, int] = {}  # every placement written, by reason
         self.on_table: Callable[[RoutingTable], None] | None = None
         self.in_use: Callable[[], set[str]] = set  # gpulets the dispatcher still has work for
         self.table = RoutingTable(EMPTY_PLACEMENT)
@@ -143,9 +145,13 @@ class Controller:
         keys = sorted(
             {str(a.profile_key) for a in self.agents if measures_own_profile(a.profile_key)}
         )
-        found = await self.store.profile(keys[0]) if keys else None
-        if found is not None:
-            self.profile = DeviceProfile.from_json(found[0])
+        profile = await self._stored_profile(keys[0]) if keys else None
+        if profile is not None:
+            self.profile = profile
+
+    async def _stored_profile(self, key: str) -> DeviceProfile | None:
+        found = await self.store.profile(key)
+        return DeviceProfile.from_json(found[0]) if found is not None else None
 
     def _models_changed(self) -> None:
         self.models = sorted(self.slos_ms)
@@ -210,8 +216,7 @@ class Controller:
             return stored
         running = [*stored.gpulets, *self.retiring.values()]
         gpulets = carry_ids(wanted.placement.gpulets, running, stored.version + 1)
-        if stored.version > 0 and [g.to_json() for g in gpulets] == \
-                [g.to_json() for g in stored.gpulets]:  # fmt: skip
+        if stored.version > 0 and gpulets == stored.gpulets:
             self._commit(wanted)
             return stored
         written = await self.store.write_placement(
@@ -226,7 +231,7 @@ class Controller:
         self.target = written
         self._switch_since_s = self.clock()
         self.switching = True
-        self.events.append(ReplanEvent(written.version, time.time(), wanted.reason, wanted.step))
+        self.record(ReplanEvent(written.version, time.time(), wanted.reason, wanted.step))
         logger.info(
             "placement version=%d (%s, %s) gpulets=%d unplaced=%s", written.version,
             wanted.reason, wanted.step, len(written.gpulets), ",".join(written.unplaced) or "-",
@@ -234,6 +239,12 @@ class Controller:
         for line in written.explanation:
             logger.info("placement: %s", line)
         return written
+
+    def record(self, event: ReplanEvent) -> None:
+        """Count a placement written, and keep it among the latest for /v1/cluster."""
+        self.events.append(event)
+        del self.events[:-EVENTS_KEPT]
+        self.replans_by_reason[event.reason] = self.replans_by_reason.get(event.reason, 0) + 1
 
     def _commit(self, wanted: Wanted) -> None:
         self._plan = wanted.plan
@@ -314,10 +325,10 @@ class Controller:
             interference, _ = interference_for(profile)
             profile = profile.time_scaled(time_scale)
         else:
-            found = await self.store.profile(keys[0])
-            if found is None:
+            stored = await self._stored_profile(keys[0])
+            if stored is None:
                 return static_placement(agents, self.models), None
-            profile = DeviceProfile.from_json(found[0])
+            profile = stored
         self.profile, self._interference = profile, interference
         live = await asyncio.to_thread(plan_live, agents, profile, dict(self.slos_ms),
                                        self._fresh_rates(), self.scheduler,

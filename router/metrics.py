@@ -265,11 +265,8 @@ class ClusterCollector:
 
     def _cluster(self) -> Iterator[Metric]:
         controller = self.controller
-        by_reason: dict[str, int] = {}
-        for event in controller.events:
-            by_reason[event.reason] = by_reason.get(event.reason, 0) + 1
         replans = _family(CounterMetricFamily, "gpulet_replans_total", "reason")
-        for reason, count in sorted(by_reason.items()):
+        for reason, count in sorted(controller.replans_by_reason.items()):
             replans.add_metric((reason,), count)
         yield replans
         for name, value in (

@@ -56,6 +56,7 @@ def run_nvidia_profile(args: argparse.Namespace) -> int:
     from agent.nvidia.backend import mps_dirs, read_host_gpus
     from agent.nvidia.inventory import parse_sizes
     from agent.nvidia.mps import MpsDaemon
+    from agent.nvidia.nvml import NvmlError
     from agent.nvidia.profile_grid import (
         PairPoint,
         PairResult,
@@ -72,12 +73,15 @@ def run_nvidia_profile(args: argparse.Namespace) -> int:
 
     settings = AgentSettings()
     err = Console(stderr=True)
-    gpus, source = read_host_gpus()
-    gpu = pick_gpu(gpus, args.gpu or settings.nvidia_gpus)
-    request = plan_gpu_request(
-        args.models, parse_sizes(args.sizes or settings.mps_sizes), parse_batches(args.batches),
-        args.pairs,
-    )  # fmt: skip
+    try:
+        gpus, source = read_host_gpus()
+        gpu = pick_gpu(gpus, args.gpu or settings.nvidia_gpus)
+        request = plan_gpu_request(
+            args.models, parse_sizes(args.sizes or settings.mps_sizes),
+            parse_batches(args.batches), args.pairs,
+        )  # fmt: skip
+    except (NvmlError, ValueError) as exc:  # no GPU here, or flags naming what is not there
+        raise SystemExit(f"gpulet profile --nvidia: {exc}") from None
     pipe, log = mps_dirs(settings)
     daemon = MpsDaemon(pipe, log, (gpu.uuid,))
     state = daemon.ensure()

@@ -21,6 +21,7 @@ Models sharing a gpu-let take turns: from `turn` on, the first model with a batc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,11 @@ class GpuletPlanView:
     duty_cycle_ms: float
     models: tuple[ModelTurn, ...]
 
+    @functools.cached_property
+    def by_model(self) -> dict[str, ModelTurn]:
+        """Each model's turn by name: looked up on every request and batch, built once."""
+        return {t.model: t for t in self.models}
+
 
 @dataclass(frozen=True)
 class BatchDecision:
@@ -86,7 +92,7 @@ def decide(
     `may_send` False (the worker has enough batches already): drops only; a batch that is
     ready waits, and the caller decides again when a batch is answered."""
     start_ms = max(now_ms, busy_until_ms)
-    turns = {t.model: t for t in plan.models}
+    turns = plan.by_model
     drops: list[str] = []
     by_model: dict[str, list[Pending]] = {t.model: [] for t in plan.models}
     ahead = dict.fromkeys(turns, 0)  # items kept so far per model, in arrival order
@@ -146,7 +152,7 @@ def admission_finish_ms(
     that fits the request's `budget_ms` (its SLO), whichever is smaller. The plan keeps a full
     batch inside the model's SLO, so an idle gpu-let still admits. O(models): it runs on every
     request."""
-    turns = {t.model: t for t in plan.models}
+    turns = plan.by_model
     own = turns.get(request.model)
     if own is None:
         return float("inf")

@@ -180,7 +180,7 @@ class GpuletQueue:
             return decision.wake_at_ms, None
         batch = [self._take(request_id) for request_id in decision.dispatch]
         items = sum(e.pending.items for e in batch)
-        turn = next(t for t in self.view.models if t.model == decision.model)
+        turn = self.view.by_model[decision.model]
         predicted_ms = turn.predict(items) * self.slowdown
         self.busy_until_ms = max(self.busy_until_ms, now_ms) + predicted_ms
         batch_no = next(self._batch_numbers)
@@ -195,7 +195,7 @@ class GpuletQueue:
         return SENT, None
 
     def _learn_slowdown(self, model: str, items: int, compute_ms: object) -> None:
-        turn = next((t for t in self.view.models if t.model == model), None)
+        turn = self.view.by_model.get(model)
         if turn is None or not isinstance(compute_ms, (int, float)) or compute_ms <= 0:
             return
         observed = compute_ms / turn.predict(items)

@@ -64,9 +64,10 @@ async def router() -> AsyncIterator[Router]:
     controller.target = Placement(3, (M_ON_G1, N_ON_G2))
     controller.agents = [AgentInfo("a", "http://agent", "host", 1,
                                    (DeviceInfo("sim0", "simulated", ()),), 0.0)]  # fmt: skip
-    controller.events = [ReplanEvent(1, 0.0, "agents", "initial"),
-                         ReplanEvent(2, 1.0, "rise", "incremental"),
-                         ReplanEvent(3, 2.0, "rise", "full")]  # fmt: skip
+    for event in (ReplanEvent(1, 0.0, "agents", "initial"),
+                  ReplanEvent(2, 1.0, "rise", "incremental"),
+                  ReplanEvent(3, 2.0, "rise", "full")):  # fmt: skip
+        controller.record(event)
     # g1 is ready, g2 is not: n has no route.
     controller.table = build_table(controller.target, {"a": "http://agent"}, {"g1"})
     # A batch of 4 goes when full; the window is too long to ever end a batch here.
