@@ -118,8 +118,12 @@ class AgentClient:
                     raise _error_from(response.status, payload, url)
                 result: dict[str, Any] = orjson.loads(payload)
                 return result
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            raise Unavailable(f"agent call {method} {url} failed: {exc!r}") from exc
+        except TimeoutError:
+            raise Unavailable(f"agent call {method} {url}: no answer within {timeout_s:g}s",
+                              retry_after_s=self.retry_after_s) from None  # fmt: skip
+        except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
+            raise Unavailable(f"agent call {method} {url} failed: {exc!r}",
+                              retry_after_s=self.retry_after_s) from exc  # fmt: skip
 
 
 def _error_from(status: int, payload: bytes, where: str) -> GpuletError:

@@ -54,12 +54,27 @@ class PeakCache:
         return body
 
 
-def _interference(profile: DeviceProfile | None) -> tuple[InterferenceModel, str]:
+NO_PROFILE = (NoInterference(), "no profile: no predictions")
+
+
+class InterferenceFor:
     """The interference model the controller plans a shared profile with (by its name; none
-    for CPU core sets), and a line that says which."""
-    if profile is None:
-        return NoInterference(), "no profile: no predictions"
-    return interference_for(profile)
+    for CPU core sets), and a line that says which. Finding it reads files, so it is worked
+    out once per profile (the controller's changes only with a fresh plan), not per call."""
+
+    def __init__(self) -> None:
+        self._profile: DeviceProfile | None = None
+        self._found: tuple[InterferenceModel, str] = NO_PROFILE
+
+    def __call__(self, profile: DeviceProfile | None) -> tuple[InterferenceModel, str]:
+        if profile is None:
+            return NO_PROFILE
+        if profile is not self._profile:
+            self._found, self._profile = interference_for(profile), profile
+        return self._found
+
+
+_interference = InterferenceFor()
 
 
 def operator_routes(

@@ -39,6 +39,7 @@ from router.control import STATIC, Controller
 from router.dispatch.dispatcher import Dispatcher
 from router.scheduling.interference import InterferenceModel
 from router.scheduling.live import plan_live
+from router.scheduling.schedulers import SearchTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,10 @@ def placement_problem(
             f"measured by `gpulet profile --nvidia`: measure {name} there first",
             model=name, profile_models=list(profile.models()),
         )  # fmt: skip
-    live = plan_live(agents, profile, slos_ms, rates_rps, scheduler, interference=interference)
+    try:
+        live = plan_live(agents, profile, slos_ms, rates_rps, scheduler, interference=interference)
+    except SearchTooLarge as exc:  # `ideal` on a cluster too large to search exhaustively
+        return SloUnattainable(f"{scheduler}: {exc}", model=name, slo_ms=slos_ms[name])
     if live is None or not live.placement.gpulets_of(name):
         return SloUnattainable(
             f"{scheduler}: no plan gives {name} a gpu-let at slo_ms={slos_ms[name]:g} beside "

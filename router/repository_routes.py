@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from common.errors import BadRequest
 from router import oip
+from router.bodies import read_body
 from router.openapi import error_responses
 from router.repository import Repository, load_parameters
 
@@ -30,10 +31,7 @@ def repository_routes(repository: Repository) -> APIRouter:
         return Response(b"{}", media_type=oip.JSON)
 
     async def body(request: Request) -> bytes:
-        data = await request.body()
-        if len(data) > INDEX_LIMIT_BYTES:
-            raise BadRequest(f"body of {len(data)} bytes; at most {INDEX_LIMIT_BYTES}")
-        return data
+        return await read_body(request, INDEX_LIMIT_BYTES)  # 413 past the limit, unbuffered
 
     @router.post(
         "/index",

@@ -23,7 +23,7 @@ from router.scheduling.interference import Corunner, InterferenceModel
 from router.scheduling.live import plan_live
 from router.scheduling.perf import PerfModel
 from router.scheduling.report import plan_json
-from router.scheduling.schedulers import SCHEDULERS
+from router.scheduling.schedulers import SCHEDULERS, SearchTooLarge
 from router.scheduling.types import PlanConfig
 
 
@@ -104,7 +104,10 @@ def live_peak(
                 f"GPULET_SCHEDULER to one of {', '.join(SCHEDULERS)}"}  # fmt: skip
     if profile is None:
         return {**base, "why": "no profile yet: the agents are still measuring theirs"}
-    live = plan_live(agents, profile, slos_ms, {}, scheduler, interference=interference)
+    try:
+        live = plan_live(agents, profile, slos_ms, {}, scheduler, interference=interference)
+    except SearchTooLarge as exc:  # `ideal` on a cluster too large to search exhaustively
+        return {**base, "why": str(exc)}
     if live is None:
         return {**base, "why": "no device the profile describes, or no model fits its SLO"}
     return {**base, "peak_rps": live.rate_rps, "plan": plan_json(live.plan)}
