@@ -348,7 +348,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the plan gives the workers (default 0: everything shares every core)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    if not 0 <= args.serving_cores < len(os.sched_getaffinity(0)):
+        parser.error(f"--serving-cores {args.serving_cores}: leave the workers at least one of "
+                     f"the {len(os.sched_getaffinity(0))} cores")  # fmt: skip
+    return args
 
 
 def run_scenario(
@@ -377,7 +381,9 @@ def run_scenario(
             unscaled = [predicted_peak(scenario, s, 1, profile, agents) for s in schedulers]
             k = args.time_scale if scenario.simulated and args.time_scale else \
                 choose_time_scale(scenario, unscaled, MAX_TOTAL_RPS)  # fmt: skip
-            predicted = {s: predicted_peak(scenario, s, k, profile, agents) for s in schedulers}
+            predicted = dict(zip(schedulers, unscaled, strict=True))  # K = 1: found already
+            if k != 1:
+                predicted = {s: predicted_peak(scenario, s, k, profile, agents) for s in schedulers}
             duration_s = args.duration or trial_duration_s(scenario, k)
             print(f"{scenario.name}: K = {k}; {duration_s:g} s trials; predicted r* " + ", ".join(
                 f"{s} {r:g}" for s, r in predicted.items()), flush=True)  # fmt: skip
@@ -430,15 +436,16 @@ def serving_cores(env: dict[str, str]) -> set[int] | None:
 
 
 def _purge(redis_url: str, prefix: str) -> None:
-    import redis
+    from common.store import Store
 
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    async def purge() -> None:
+        store = Store.from_url(redis_url, prefix)
+        try:
+            await store.purge()
+        finally:
+            await store.close()
+
+    asyncio.run(purge())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,7 +142,8 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append(f"  router RSS: {rss['start']:.1f} MiB at start, {rss['end']:.1f} MiB at end, "
                  f"max {rss['max']:.1f} MiB over {rss['samples']} samples; second half "
                  f"{rss['second_half_mib_per_min']:+.1f} MiB/min")  # fmt: skip
-    lines.append(f"  loadgen lateness p99 {figures['sender_lateness_p99_ms']:.2f} ms")
+    lateness = figures["sender_lateness_p99_ms"]
+    lines.append("  loadgen lateness p99 " + ("-" if lateness is None else f"{lateness:.2f} ms"))
     return "\n".join(lines)
 
 

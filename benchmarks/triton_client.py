@@ -1,6 +1,6 @@
 """Talk to gpulet with NVIDIA's reference OIP client, unchanged: `pip install 'tritonclient[http]'`.
 
-    python examples/triton_client.py --url 127.0.0.1:8000 [--model lenet]
+    python benchmarks/triton_client.py --url 127.0.0.1:8000 [--model lenet]
 
 Asks for liveness and readiness, server and model metadata and the Triton config, runs one
 request with JSON tensors and one with binary tensors both ways, and shows two errors as

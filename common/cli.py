@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from common.logs import configure_logging
 from common.models import CATALOG, model_names
 from common.settings import AgentSettings, CommonSettings, RouterSettings
@@ -81,7 +83,7 @@ def up_options(args: argparse.Namespace) -> UpOptions:
     config_models = ",".join(config.names) if config else None
     try:
         models = _up_models(args.models or scenario_models or config_models, simulated)
-    except argparse.ArgumentTypeError as exc:  # a file's names, checked outside argparse
+    except (argparse.ArgumentTypeError, FileNotFoundError) as exc:  # a file's names; a profile
         raise SystemExit(f"gpulet up: {exc}") from None
     slos = {m.model: m.slo_ms for m in scenario.models} if scenario else {}
     if config is not None:
@@ -203,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ValidationError as exc:  # a GPULET_* variable or a flag out of range: say which
+        raise SystemExit(f"gpulet {args.command}: {settings_problems(exc)}") from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Pydantic's errors as one line, each naming its GPULET_* variable."""
+    return "; ".join(
+        f"GPULET_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
         from common.up import run_up
 

@@ -78,15 +78,19 @@ class Scenario:
 def load_scenario(path: Path) -> Scenario:
     data = tomllib.loads(path.read_text())
     cluster, rate = data.get("cluster", {}), data.get("rate", {})
-    models = tuple(
-        ScenarioModel(
-            name=str(m.get("instance", m["name"])),
-            model=str(m["name"]),
-            slo_ms=float(m["slo_ms"]),
-            weight=float(m.get("weight", 1.0)),
+    try:
+        models = tuple(
+            ScenarioModel(
+                name=str(m.get("instance", m["name"])),
+                model=str(m["name"]),
+                slo_ms=float(m["slo_ms"]),
+                weight=float(m.get("weight", 1.0)),
+            )
+            for m in data.get("models", [])
         )
-        for m in data.get("models", [])
-    )
+    except (KeyError, TypeError, AttributeError) as exc:  # the callers answer ValueErrors
+        raise ValueError(f"{path}: each [[models]] entry needs name and slo_ms (and a numeric "
+                         f"weight, if any): {exc!r}") from None  # fmt: skip
     if not models:
         raise ValueError(f"{path}: a scenario needs at least one [[models]] entry")
     names = [m.name for m in models]

@@ -242,6 +242,8 @@ def test_instance_names_are_the_served_names(tmp_path: Path) -> None:
 
 
 REJECTED = [
+    pytest.param('[[models]]\nname = "a"\n', "needs name and slo_ms", id="model-without-slo"),
+    pytest.param('models = "a"\n', "needs name and slo_ms", id="models-not-tables"),
     pytest.param(
         '[[models]]\nname = "a"\nslo_ms = 1\n[[models]]\nname = "a"\nslo_ms = 2\n',
         "served names repeat.*instance",

@@ -93,3 +93,15 @@ def test_the_pasteable_example_on_simulated_gpus_is_a_token() -> None:
     assert example["model"] == "resnet50"
     assert {k: v.shape for k, v in example["inputs"].items()} == {"input": (1, 1)}
     assert example_request(["resnet18", "noop"])["model"] == "noop"  # real devices: as before
+
+
+def test_settings_out_of_range_exit_in_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from common.cli import main
+
+    monkeypatch.setenv("GPULET_DEADLINE_FACTOR", "-1")
+    with pytest.raises(SystemExit, match="gpulet router: GPULET_DEADLINE_FACTOR: .*greater than 0"):
+        main(["router"])
+    with pytest.raises(SystemExit, match="gpulet agent: GPULET_SIM_TIME_SCALE"):
+        main(["agent", "--time-scale", "0"])
