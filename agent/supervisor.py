@@ -37,6 +37,10 @@ SOCKET_NAME = "workers.sock"
 EXIT_REAP_TIMEOUT_S = 1.0
 
 
+class Unservable(Exception):
+    """A gpulet spec this agent cannot run at all (it stays failed until the router changes it)."""
+
+
 class WorkerSlot:
     """One gpulet: its current worker process, connection and in-flight batches."""
 
@@ -92,6 +96,8 @@ class WorkerSlot:
         while not self.stopping:
             try:
                 served_ok = await self._one_life()
+            except Unservable:  # the spec itself is wrong: a restart would fail the same way
+                return
             except Exception:
                 logger.exception("gpulet=%s supervision step failed", self.spec.gpulet_id)
                 served_ok = False
@@ -119,7 +125,7 @@ class WorkerSlot:
         except ValueError as exc:  # e.g. a device this agent does not have
             self._set_state("failed", str(exc))
             logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
-            return False
+            raise Unservable(str(exc)) from exc
         config = WorkerConfig(
             gpulet_id=self.spec.gpulet_id,
             generation=self.generation,

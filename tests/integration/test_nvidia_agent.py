@@ -21,6 +21,7 @@ import pytest
 
 from agent.nvidia.mps import PID_FILE
 from common.cluster import AgentInfo
+from common.placement import GpuletModel, GpuletSpec
 from common.procs import stop_process
 from common.store import Store
 from router.agent_client import AgentClient
@@ -123,3 +124,28 @@ async def test_without_mps_the_cluster_shows_time_slicing(
         assert "no nvidia-cuda-mps-control on PATH" in device.note
     finally:
         assert stop_process(agent.process, timeout_s=20.0) == 0
+
+
+async def test_a_gpulet_on_a_device_the_agent_lacks_fails_once_and_is_not_restarted(
+    redis_url: str, key_prefix: str, store: Store, tmp_path: Path
+) -> None:
+    agent = spawn_agent(redis_url, key_prefix, [], env=nvidia_env(tmp_path, with_mps=True))
+    client = AgentClient(connections=4)
+    try:
+        await registered(store, agent)
+        spec = GpuletSpec("g", agent.agent_id, "gpu7", (), (GpuletModel("resnet50"),), 50.0)
+        await client.set_gpulets(agent.url, 1, [spec])
+
+        async def settled() -> dict[str, object] | None:
+            (status,) = (await client.gpulets(agent.url))["gpulets"]
+            return status if status["state"] in ("failed", "restarting") else None
+
+        status = await until(settled, agent, "the gpulet's failure")
+        # A restart would fail the same way: it stays failed, saying why, until re-placed.
+        assert (status["state"], status["restarts"]) == ("failed", 0)
+        assert "gpu7, which this agent lacks" in str(status["error"])
+    finally:
+        await client.close()
+        code = stop_process(agent.process, timeout_s=20.0)
+        kill_daemon(tmp_path / "pipe" / PID_FILE)
+    assert code == 0
