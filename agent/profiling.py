@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,6 +33,22 @@ def profile_key_for(device: DeviceInfo) -> str:
 
 def cache_path(settings: AgentSettings, key: str) -> Path:
     return settings.model_dir.parent / "profiles" / f"{key.replace(':', '-')}.json"
+
+
+def read_cached(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(profile, meta) from a disk cache file; raises OSError, orjson.JSONDecodeError or
+    KeyError when it is missing or unreadable."""
+    cached = orjson.loads(path.read_bytes())
+    return cached["profile"], cached["meta"]
+
+
+def write_cached(path: Path, profile: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write a disk cache file whole (temp file, then rename): an agent starting meanwhile
+    reads the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"profile": profile, "meta": meta}))
+    tmp.replace(path)
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -57,8 +74,7 @@ async def ensure_agent_profile(
     path = cache_path(settings, key)
     if await store.profile(key) is None and path.exists():
         try:
-            cached = orjson.loads(path.read_bytes())
-            await store.put_profile(key, cached["profile"], cached["meta"])
+            await store.put_profile(key, *read_cached(path))
             logger.info("profile loaded from %s", path)
         except (OSError, orjson.JSONDecodeError, KeyError) as exc:
             logger.warning("profile cache %s unreadable (%s); measuring again", path, exc)
@@ -68,8 +84,5 @@ async def ensure_agent_profile(
     )  # fmt: skip
     found = await store.profile(key)
     if found is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"profile": found[0], "meta": found[1]}))
-        tmp.replace(path)
+        write_cached(path, found[0], found[1])
     return key

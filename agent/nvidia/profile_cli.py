@@ -130,16 +130,12 @@ async def _keep(settings: AgentSettings, key: str, profile: DeviceProfile, gpu: 
     import time
     from dataclasses import asdict
 
-    import orjson
-
-    from agent.profiling import cache_path
+    from agent.profiling import cache_path, write_cached
     from common.modelzoo.cache import fingerprint
 
     meta = {"gpu": asdict(gpu), "engine": engine, "measured_at": time.time(),
             "models": {m: {"fingerprint": fingerprint(m)} for m in models}}  # fmt: skip
-    path = cache_path(settings, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps({"profile": profile.to_json(), "meta": meta}))
+    write_cached(cache_path(settings, key), profile.to_json(), meta)
     if settings.redis_url:
         from common.store import Store
 
