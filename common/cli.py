@@ -72,7 +72,10 @@ def up_options(args: argparse.Namespace) -> UpOptions:
     if simulated is None and scenario is not None and scenario.simulated:
         simulated = scenario.profile_name
     from_scenario = scenario is not None and scenario.simulated
-    devices = args.devices or (scenario.devices if scenario and from_scenario else 1)
+    devices = args.devices if args.devices is not None else \
+        (scenario.devices if scenario and from_scenario else 1)  # fmt: skip
+    if devices < 1:
+        raise SystemExit(f"gpulet up --devices: at least 1, not {devices}")
     if args.time_scale <= 0:
         raise SystemExit(f"--time-scale must be > 0, not {args.time_scale:g}")
     if args.time_scale != 1 and simulated is None:
@@ -92,6 +95,13 @@ def up_options(args: argparse.Namespace) -> UpOptions:
         is_sim = simulated is not None
         slos = {n: slos.get(n, spec_for(n, simulated=is_sim).default_slo_ms) for n in models}
     cores = args.agent_cores
+    if cores is not None:
+        from agent.devices import parse_cores
+
+        try:
+            parse_cores(cores)
+        except ValueError as exc:
+            raise SystemExit(f"gpulet up --agent-cores: {exc}") from None
     if cores is None and scenario is not None and scenario.kind == "cpu" and simulated is None:
         cores = _first_cores(scenario.devices)
     return UpOptions(

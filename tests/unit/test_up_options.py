@@ -70,6 +70,9 @@ def test_a_cpu_scenario_takes_its_first_cores(tmp_path: Path) -> None:
     [
         (["--time-scale", "4"], None, "--time-scale slows simulated GPUs"),
         (["--simulated", "a100-class", "--time-scale", "0"], None, "must be > 0"),
+        (["--simulated", "a100-class", "--devices", "0"], None, "at least 1, not 0"),
+        (["--agent-cores", "1-x"], None, "use e.g. '0-3,6'"),
+        (["--simulated", "a100"], None, "set GPULET_PROFILES_DIR"),
         ([], '[cluster]\nkind = "nvidia"\n[[models]]\nname = "noop"\nslo_ms = 9\n', "'nvidia'"),
         ([], '[cluster]\nkind = "cpu"\n[[models]]\nname = "noop"\ninstance = "n2"\nslo_ms = 9\n',
          "instances ['n2']"),
