@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from common.errors import BadRequest, PayloadTooLarge
 
@@ -18,6 +19,13 @@ WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    try:
+        return await _read_body(request, limit)
+    except ClientDisconnect:  # nobody is left to answer; one line in the log, not a traceback
+        raise BadRequest("the client disconnected while sending the body") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         # Read (and drop) what the client is still sending, so it gets our 413 instead of a
