@@ -398,14 +398,6 @@ def test_v100_points_with_empty_utilisation_columns_have_none() -> None:
     assert profile.util_sizes("alexnet") == (20.0, 40.0, 50.0, 60.0, 80.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a100-class-util.csv names the transformer 'BERT' while a100-class.csv names it "
-        "'bert_large'; load_profile keeps both names, so bert_large has no utilisation and the "
-        "35 BERT rows belong to a model the profile has no latency for"
-    ),
-)
 @needs_shared
 def test_a100_every_utilisation_model_has_latency() -> None:
     profile = load_profile(SHARED_PROFILES / "a100-class.toml")
