@@ -19,7 +19,7 @@ from agent.devices import discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
 from agent.model_prep import ModelPreparer
 from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publish_profile
-from agent.profiling import NO_PROFILE
+from agent.profiling.cache import NO_PROFILE
 from agent.simulated import SimulatedExecutor, fitted_interference
 from agent.supervisor import Supervisor
 from common.cluster import AgentInfo, DeviceInfo, simulated_key

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.profiling import ensure_agent_profile
+from agent.profiling.cache import ensure_agent_profile
 from common.cluster import DeviceInfo
 from common.errors import GpuletError, NotLoadable, UnknownModel
 from common.models import CATALOG

@@ -33,11 +33,11 @@ from agent.executor import serving
 from common import frames
 from common.cluster import DeviceInfo, GpuletState, GpuletStatus
 from common.errors import BackendFailed, BadRequest, DeadlinePassed, Overloaded, Unavailable
+from common.interference import Corunner, InterferenceModel, NoInterference
 from common.models import TensorSpec, spec_for
 from common.placement import GpuletSpec
 from common.profiles import DeviceProfile, ProfileGap
 from common.settings import AgentSettings
-from router.scheduling.interference import Corunner, InterferenceModel, NoInterference
 
 logger = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ def _outputs(model: str) -> tuple[TensorSpec, ...]:
 def fitted_interference(profile: DeviceProfile) -> InterferenceModel:
     """The interference model fitted to this profile's measurements, else no interference."""
     try:
-        from router.scheduling.interference_models import fitted_for
+        from common.interference_models import fitted_for
 
         fitted = fitted_for(profile.name, profile)
     except (ImportError, OSError, LookupError, ValueError) as exc:

@@ -24,7 +24,7 @@ import uvloop
 from common import frames, redis_server
 from common.settings import CommonSettings
 from loadgen.closed_loop import percentile
-from router.agent_client import AgentClient
+from router.dispatch.agent_client import AgentClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package

@@ -49,9 +49,9 @@ from e2e_peak_text import Run, Trial, as_trial, render, summary
 from system import POLL_INTERVAL_S, READY_TIMEOUT_S, gpulet_up, http_get
 
 from common import redis_server
+from common.interference import NoInterference
 from common.profiles import DeviceProfile
 from common.scenarios import Scenario, load_scenario
-from router.scheduling.interference import NoInterference
 from router.scheduling.live import cpu_devices
 from router.scheduling.offline import Setting, find_peak, plan_at, setting_for
 from router.scheduling.types import PlanConfig
@@ -245,7 +245,7 @@ def trial(
     pinned: set[int] | None = None,
 ) -> dict[str, Any]:
     """One `gpulet loadgen` run at sweep rate r; its report."""
-    args = [sys.executable, "-m", "common.cli", "loadgen", str(path), "--url", base, "--rate",
+    args = [sys.executable, "-m", "common.cli.main", "loadgen", str(path), "--url", base, "--rate",
             f"{rate:.4f}", "--duration", f"{duration_s:g}", "--time-scale", str(k), "--seed",
             str(seed), "--out", str(out), "--quiet"]  # fmt: skip
     done = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True,

@@ -67,9 +67,9 @@ from peak_rate_text import (
     summary_report,
 )
 
+from common.interference import InterferenceModel, NoInterference
 from common.profiles import DeviceProfile, find_profile
 from common.scenarios import Scenario, load_scenario
-from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.offline import find_peak, setting_for
 from router.scheduling.peak import fluid_bound
 from router.scheduling.perf import PerfModel
@@ -185,7 +185,7 @@ def plan_time_demands(
 
 
 def time_plans(ks: Sequence[int]) -> list[dict[str, Any]]:
-    from router.scheduling.interference_models import fitted_for
+    from common.interference_models import fitted_for
 
     profile = find_profile(PLAN_TIME_PROFILE)
     fitted = fitted_for(profile.name, profile)

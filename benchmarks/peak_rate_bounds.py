@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.interference import Corunner, InterferenceModel
 from common.profiles import DeviceProfile
 from common.scenarios import Scenario
-from router.scheduling.interference import Corunner, InterferenceModel
 from router.scheduling.perf import PerfModel
 from router.scheduling.schedulers import layouts
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from common.interference_models import fitted_for
 from common.profiles import find_profile
-from router.scheduling.interference_models import fitted_for
 from router.scheduling.peak import best_device_throughput
 from router.scheduling.perf import PerfModel
 from router.scheduling.schedulers import plan

@@ -35,12 +35,12 @@ from agent.devices import discover_simulated
 from agent.simulated import BatchTiming, SimulatedExecutor, TimerKind
 from common import frames, redis_server
 from common.errors import GpuletError
+from common.interference import NoInterference
 from common.placement import GpuletModel, GpuletSpec
 from common.procs import die_with_parent, free_port, stop_process
 from common.profiles import DeviceProfile, find_profile
 from common.settings import AgentSettings
-from router.agent_client import AgentClient
-from router.scheduling.interference import NoInterference
+from router.dispatch.agent_client import AgentClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet50", "vgg16", "densenet121", "mobilenet_v2", "inception_v3")
@@ -224,7 +224,7 @@ def start_agent(
            "GPULET_REDIS_PREFIX": f"{agent_id}:", "GPULET_AGENT_ID": agent_id,
            "GPULET_LOG_LEVEL": "WARNING"}  # fmt: skip
     agent = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "agent", "--simulated", args.profile,
+        [sys.executable, "-m", "common.cli.main", "agent", "--simulated", args.profile,
          "--devices", str(args.devices)],
         env=env, cwd=REPO_ROOT, preexec_fn=die_with_parent,
     )  # fmt: skip

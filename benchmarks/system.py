@@ -38,7 +38,7 @@ def gpulet_up(
 ) -> Iterator[tuple[str, int]]:
     """Yields (the router's base URL, the `gpulet up` pid) once /readyz says 200."""
     port = free_port()
-    args = [sys.executable, "-m", "common.cli", "up", *up_args, "--port", str(port)]
+    args = [sys.executable, "-m", "common.cli.main", "up", *up_args, "--port", str(port)]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -71,7 +71,7 @@ def gpulet_up(
 
 
 def router_pid(up_pid: int) -> int:
-    """The router child of a `gpulet up` (the process running `common.cli router`)."""
+    """The router child of a `gpulet up` (the process running `common.cli.main router`)."""
     import psutil
 
     for child in psutil.Process(up_pid).children(recursive=True):

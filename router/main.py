@@ -10,7 +10,7 @@ import uvloop
 
 from common.settings import RouterSettings
 from common.store import Store
-from router.app import create_app
+from router.http.app import create_app
 
 logger = logging.getLogger(__name__)
 

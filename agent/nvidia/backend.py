@@ -24,7 +24,7 @@ from agent.nvidia.nvml import GpuFacts, NvmlError, load_nvml, read_gpus
 from agent.nvidia.profile_grid import gpu_profile_key
 from agent.nvidia.smi import read_gpus_smi
 from agent.nvidia.worker_env import gpulet_env
-from agent.profiling import cache_path, read_cached
+from agent.profiling.cache import cache_path, read_cached
 from agent.supervisor import Supervisor
 from agent.worker import WorkerSetup
 from common.cluster import DeviceInfo, named_key

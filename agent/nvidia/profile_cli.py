@@ -68,7 +68,7 @@ def run_nvidia_profile(args: argparse.Namespace) -> int:
         write_files,
     )
     from agent.nvidia.profile_run import GpuTarget, Point, measure_pairs, measure_solo
-    from agent.profiling import parse_batches
+    from agent.profiling.cache import parse_batches
     from common.settings import AgentSettings
 
     settings = AgentSettings()
@@ -130,7 +130,7 @@ async def _keep(settings: AgentSettings, key: str, profile: DeviceProfile, gpu: 
     import time
     from dataclasses import asdict
 
-    from agent.profiling import cache_path, write_cached
+    from agent.profiling.cache import cache_path, write_cached
     from common.modelzoo.cache import fingerprint
 
     meta = {"gpu": asdict(gpu), "engine": engine, "measured_at": time.time(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.nvidia.nvml import GpuFacts
-from agent.profile_plan import BATCHES, RunBudget
+from agent.profiling.plan import BATCHES, RunBudget
 from common.models import CATALOG
 from common.profiles import DeviceProfile
 

@@ -2,7 +2,7 @@
 environment set before any CUDA library loads, timing batches with the serving worker's loader.
 
     solo:  one process per size (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE = size), one model at a
-           time, every batch (agent.profile_plan.measure_series: same budget as the CPU's)
+           time, every batch (agent.profiling.plan.measure_series: same budget as the CPU's)
     pairs: two processes at once, one per side; both load and warm up, then run back to back
            through one shared window, and each reports the runs that fell wholly inside it
 
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.nvidia.profile_grid import GpuProfileRequest, PairPoint, PairResult
-from agent.profile_measure import profile_inputs
-from agent.profile_plan import RunBudget, measure_series
+from agent.profiling.measure import profile_inputs
+from agent.profiling.plan import RunBudget, measure_series
 from common.errors import BackendFailed
 from common.modelzoo.cache import onnx_path
 

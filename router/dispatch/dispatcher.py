@@ -22,12 +22,12 @@ import numpy as np
 
 from common import frames
 from common.errors import DeadlinePassed, GpuletError, Unavailable
-from router.agent_client import AgentClient
 from router.dispatch.admission import Verdict, admit
+from router.dispatch.agent_client import AgentClient
 from router.dispatch.batching import GpuletPlanView, Pending, admission_finish_ms, decide
 from router.dispatch.observer import OK, DispatchObserver, NoObserver
+from router.dispatch.routing import Route, RoutingTable
 from router.dispatch.weights import RouteLoad, ranked
-from router.routing import Route, RoutingTable
 
 logger = logging.getLogger(__name__)
 

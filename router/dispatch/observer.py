@@ -1,7 +1,7 @@
 """What the dispatcher reports as it works: one call per answered request, one per finished batch.
 
 An interface only, so the hot path imports no metrics library: the router's metrics
-(router/metrics.py) implement it, and the default `NoObserver` does nothing. Calls run on the
+(router/http/metrics.py) implement it, and the default `NoObserver` does nothing. Calls run on the
 event loop, inline in the request path, so an implementation must be cheap and must not raise.
 Times are in ms, monotonic, from the dispatcher's clock.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from common.profiles import DeviceProfile, ProfileGap
 from router.dispatch.batching import GpuletPlanView, ModelTurn
-from router.routing import Route
+from router.dispatch.routing import Route
 from router.scheduling.types import PlanConfig
 
 PREDICTED_BATCHES = 32  # the table covers this many items; past it, `ModelTurn.predict` scales

@@ -1,5 +1,5 @@
 """`gpulet plan` and `gpulet peak`: plan any scenario file offline and print why; with `--url`,
-the live cluster behind a router instead (common/operator_cli.py)."""
+the live cluster behind a router instead (common/cli/operator.py)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
               "(one of them)", file=sys.stderr)  # fmt: skip
         return 2
     if args.url is not None:
-        from common.operator_cli import run_live
+        from common.cli.operator import run_live
 
         return run_live(args)
     try:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from common.interference import InterferenceModel, NoInterference
 from common.profiles import PROCESS_OVERHEAD_MB
 from router.scheduling.fallbacks import grow, merge_residue, readjust, time_share
-from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.perf import PerfModel
 from router.scheduling.state import DeviceState, Slot, Tenant, evaluate_device, to_planned
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig, PlannedGpulet

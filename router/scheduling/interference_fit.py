@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.profiles import DeviceProfile, ProfileGap, find_profile, read_csv
-from router.scheduling.interference import Corunner, InterferenceModel, NoInterference
-from router.scheduling.interference_models import (
+from common.interference import Corunner, InterferenceModel, NoInterference
+from common.interference_models import (
     DATA_DIR,
     KIND_LINEAR,
     KIND_PAIR_KNN,
@@ -48,6 +47,7 @@ from router.scheduling.interference_models import (
     pair_knn_params,
     whole_gpu_utilisation,
 )
+from common.profiles import DeviceProfile, ProfileGap, find_profile, read_csv
 
 DEFAULT_PROFILES = ("a100-class", "v100-trt")
 DEFAULT_FOLDS = 5

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from common.cluster import AgentInfo, DeviceInfo
+from common.interference import InterferenceModel, NoInterference
 from common.placement import GpuletModel, GpuletSpec, Placement
 from common.profiles import DeviceProfile
-from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.peak import peak_search
 from router.scheduling.replan import Step, replan
 from router.scheduling.schedulers import plan

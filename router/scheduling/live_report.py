@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.cluster import AgentInfo
+from common.interference import Corunner, InterferenceModel
 from common.placement import GpuletSpec, Placement
 from common.profiles import DeviceProfile
-from router.scheduling.interference import Corunner, InterferenceModel
 from router.scheduling.live import plan_live
 from router.scheduling.perf import PerfModel
 from router.scheduling.report import plan_json

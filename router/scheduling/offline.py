@@ -8,9 +8,9 @@ from pathlib import Path
 
 import orjson
 
+from common.interference import InterferenceModel, NoInterference
 from common.profiles import DeviceProfile
 from common.scenarios import Scenario, load_scenario
-from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.peak import PeakResult, peak_search
 from router.scheduling.schedulers import SCHEDULERS, SearchTooLarge, plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
@@ -48,7 +48,7 @@ def interference_for(profile: DeviceProfile) -> tuple[InterferenceModel, str]:
     if profile.kind == "cpu":
         # Disjoint core sets measured isolated within noise (machine-notes section 3).
         return NoInterference(), "cpu core sets: no interference (measured isolated)"
-    from router.scheduling.interference_models import fitted_for
+    from common.interference_models import fitted_for
 
     fitted = fitted_for(profile.name)
     if fitted is None:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from common.interference import InterferenceModel
 from router.scheduling.elastic import Planner
-from router.scheduling.interference import InterferenceModel
 from router.scheduling.schedulers import config_for, plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 

@@ -19,9 +19,9 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
+from common.interference import InterferenceModel
 from common.profiles import DeviceProfile
 from router.scheduling.elastic import Planner
-from router.scheduling.interference import InterferenceModel
 from router.scheduling.perf import PerfModel
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
@@ -31,7 +31,7 @@ IDEAL_MAX_CASES = 3000
 # the capacity, while on large ones each costs a full plan and the adaptive variants can adapt.
 HOMOGENEOUS_MAX_DEVICES = 16
 # Below this gain from splitting one device, a model gets whole devices in that variant: the
-# measured a100-class co-location slowdown has median 1.31 (router/scheduling/data).
+# measured a100-class co-location slowdown has median 1.31 (common/data).
 SPLIT_GAIN_FOR_WHOLE = 1.3  # layout combinations the ideal search will try before it refuses
 
 

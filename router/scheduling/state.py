@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from router.scheduling.interference import Corunner, InterferenceModel
+from common.interference import Corunner, InterferenceModel
 from router.scheduling.perf import PerfModel
 from router.scheduling.types import Device, ModelDemand, PlannedGpulet, PlannedModel
 

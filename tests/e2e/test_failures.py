@@ -19,11 +19,11 @@ import numpy as np
 import orjson
 import pytest
 
-import router.codec
+import router.http.codec
 from common.procs import free_port
 from common.settings import RouterSettings
 from common.store import Store
-from router.app import create_app
+from router.http.app import create_app
 from tests.e2e.conftest import running
 from tests.support.system import RunningSystem, wait_until
 
@@ -132,11 +132,11 @@ async def test_unexpected_errors_are_500_internal_without_internals(
     def explode(*args: object, **kwargs: object) -> object:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(router.codec, "decode_request", explode)
+    monkeypatch.setattr(router.http.codec, "decode_request", explode)
     app = create_app(RouterSettings(redis_url="unused"), store=store)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-        with caplog.at_level(logging.ERROR, logger="router.app"):
+        with caplog.at_level(logging.ERROR, logger="router.http.app"):
             response = await client.post("/v1/infer", json={"model": "noop", "inputs": {}})
     assert response.status_code == 500
     error = response.json()["error"]

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.cli import main
+from common.cli.main import main
 from common.cluster import AgentInfo
 from common.profiles import find_profile
 from router.scheduling.live import plan_live

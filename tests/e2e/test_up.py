@@ -42,7 +42,8 @@ def test_up_serves_the_printed_example_and_ctrl_c_leaves_nothing(model_dir: Path
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GPULET_REDIS_URL")}
     env["GPULET_MODEL_DIR"] = str(model_dir)
     up = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "up", "--port", str(port), "--models", "noop,lenet"],
+        [sys.executable, "-m", "common.cli.main", "up", "--port", str(port),
+         "--models", "noop,lenet"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

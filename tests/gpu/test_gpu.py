@@ -20,7 +20,7 @@ from agent.nvidia.engines import BoundSession, torch_sessions
 from agent.nvidia.mps import MpsDaemon
 from agent.nvidia.profile_grid import plan_gpu_request
 from agent.nvidia.profile_run import GpuTarget, measure_solo
-from agent.profile_measure import profile_inputs
+from agent.profiling.measure import profile_inputs
 from common.models import CATALOG
 from common.placement import GpuletModel, GpuletSpec
 from common.settings import AgentSettings

@@ -153,7 +153,7 @@ async def test_cli_writes_report_and_plot(fake_router: FakeRouter, tmp_path: Pat
     if plot:
         args += ["--plot", str(png)]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "common.cli", *args, cwd=REPO_ROOT,
+        sys.executable, "-m", "common.cli.main", *args, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
@@ -186,7 +186,7 @@ async def test_cli_time_scale_divides_rates_and_multiplies_slos(
     args = ["loadgen", str(scenario), "--url", fake_router.url, "--rate", "100", "--duration",
             "2", "--seed", "3", "--time-scale", "4", "--out", str(out), "--quiet"]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "common.cli", *args, cwd=REPO_ROOT,
+        sys.executable, "-m", "common.cli.main", *args, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)

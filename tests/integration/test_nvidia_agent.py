@@ -24,8 +24,8 @@ from common.cluster import AgentInfo
 from common.placement import GpuletModel, GpuletSpec
 from common.procs import stop_process
 from common.store import Store
-from router.agent_client import AgentClient
-from router.control import Controller
+from router.control.control import Controller
+from router.dispatch.agent_client import AgentClient
 from tests.support.agents import SimAgent, spawn_agent
 from tests.support.fake_mps import alive, calls, install_fake_mps_control, kill_daemon
 

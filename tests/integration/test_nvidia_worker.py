@@ -18,8 +18,8 @@ import pytest
 from agent.nvidia.engines import torch_sessions
 from agent.nvidia.profile_grid import PairPoint, plan_gpu_request
 from agent.nvidia.profile_run import GpuTarget, measure_pairs, measure_solo
-from agent.profile_measure import profile_inputs
-from agent.profile_plan import RunBudget
+from agent.profiling.measure import profile_inputs
+from agent.profiling.plan import RunBudget
 from agent.supervisor import Supervisor
 from agent.worker import WorkerConfig, WorkerSetup
 from common.models import CATALOG

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.profile_measure import ProfileStep, ProgressFn, measure_profile
-from agent.profile_plan import ProfileRequest, RunBudget, plan_request
-from agent.profiler import ensure_profile
+from agent.profiling.measure import ProfileStep, ProgressFn, measure_profile
+from agent.profiling.plan import ProfileRequest, RunBudget, plan_request
+from agent.profiling.profiler import ensure_profile
 from common.cluster import DeviceInfo
 from common.profiles import DeviceProfile
 from common.settings import CommonSettings

@@ -18,11 +18,11 @@ import pytest
 from common.errors import GpuletError
 from common.procs import stop_process
 from common.store import Store
-from router.agent_client import AgentClient
-from router.control import Controller
+from router.control.control import Controller
+from router.control.rates import RateMonitor
+from router.dispatch.agent_client import AgentClient
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
-from router.rates import RateMonitor
 from tests.support.agents import SimAgent, spawn_sim_agent
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,7 +33,7 @@ TOKEN = {"input": np.zeros((1, 1), np.float32)}
 
 @dataclass
 class Router:
-    """The router's control loop and dispatcher, wired as router/app.py wires them."""
+    """The router's control loop and dispatcher, wired as router/http/app.py wires them."""
 
     controller: Controller
     dispatcher: Dispatcher

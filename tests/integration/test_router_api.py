@@ -12,11 +12,11 @@ import httpx
 import orjson
 import pytest
 
-import router.oip_codec
+import router.http.oip_codec
 from common.procs import free_port
 from common.settings import RouterSettings
 from common.store import Store
-from router.app import create_app
+from router.http.app import create_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,13 +159,13 @@ async def test_unexpected_errors_are_500_in_oip_shape_without_internals(
     def explode(*args: object) -> object:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(router.oip_codec, "model_metadata", explode)
+    monkeypatch.setattr(router.http.oip_codec, "model_metadata", explode)
     response = await client.get("/v2/models/noop")
     assert_oip_error(response, 500, "internal", "see the router log")
     assert "secret" not in response.text
 
-    monkeypatch.setattr(router.oip_codec, "decode_request", explode)
-    with caplog.at_level(logging.ERROR, logger="router.oip"):
+    monkeypatch.setattr(router.http.oip_codec, "decode_request", explode)
+    with caplog.at_level(logging.ERROR, logger="router.http.oip"):
         failed = await client.post("/v2/models/noop/infer", json={"id": "x-9", "inputs": []})
     body = assert_oip_error(failed, 500, "internal", "see the router log")
     assert body["details"]["request_id"] == "x-9" and "secret" not in failed.text

@@ -18,7 +18,7 @@ from common.placement import GpuletModel, GpuletSpec
 from common.procs import stop_process
 from common.profiles import find_profile
 from common.store import Store
-from router.agent_client import AgentClient
+from router.dispatch.agent_client import AgentClient
 from tests.support.agents import SimAgent, spawn_sim_agent
 
 pytestmark = pytest.mark.timeout(90)

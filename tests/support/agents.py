@@ -40,7 +40,7 @@ def spawn_agent(
         "GPULET_AGENT_PORT": str(port), "GPULET_AGENT_ID": agent_id,
         "GPULET_HEARTBEAT_INTERVAL_S": "0.2", "GPULET_LOG_LEVEL": "WARNING", **(env or {}),
     }  # fmt: skip
-    command = [sys.executable, "-m", "common.cli", "agent", *args]
+    command = [sys.executable, "-m", "common.cli.main", "agent", *args]
     process = subprocess.Popen(
         command, env=full_env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from common.interference import Corunner
 from common.profiles import DeviceProfile
 from router.scheduling.elastic import Planner
-from router.scheduling.interference import Corunner
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 SIZES = (20.0, 40.0, 50.0, 60.0, 80.0, 100.0)

@@ -58,7 +58,7 @@ class RunningSystem:
             "GPULET_LOG_LEVEL": os.environ.get("GPULET_TEST_LOG_LEVEL", "WARNING"),
         }
         self.router_port = free_port()
-        cli = [sys.executable, "-m", "common.cli"]
+        cli = [sys.executable, "-m", "common.cli.main"]
         if self.with_agent:
             self.agent_port = free_port()
             self._spawn("agent", [*cli, "agent"], {

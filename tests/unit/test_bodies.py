@@ -1,4 +1,4 @@
-"""router.bodies.inflate: compressed bodies inflate under the body limit, or say why not."""
+"""router.http.bodies.inflate: compressed bodies inflate under the body limit, or say why not."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from common.errors import BadRequest, PayloadTooLarge
-from router.bodies import inflate
+from router.http.bodies import inflate
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""router.codec: the three input forms, every rejection, and outputs back in the request's form."""
+"""router.http.codec: the three input forms, every rejection, and outputs in the request's form."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from common.errors import BadRequest, UnknownModel
 from common.models import CATALOG
-from router.codec import decode_request, decode_tensor, dumps, encode_outputs, parse_body
+from router.http.codec import decode_request, decode_tensor, dumps, encode_outputs, parse_body
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ from common.errors import DeadlinePassed
 from common.placement import GpuletModel, GpuletSpec, Placement
 from router.dispatch.batching import GpuletPlanView, ModelTurn
 from router.dispatch.dispatcher import Dispatcher, Result
-from router.routing import Route, build_table
+from router.dispatch.routing import Route, build_table
 from tests.support.held_agent import Clock, HeldClient
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,8 +12,8 @@ import pytest
 from common.errors import BackendFailed, GpuletError
 from common.placement import GpuletModel, GpuletSpec, Placement
 from router.dispatch.dispatcher import Dispatcher
+from router.dispatch.routing import build_table
 from router.dispatch.views import plan_view
-from router.routing import build_table
 from tests.support.held_agent import Clock, HeldClient
 
 pytestmark = pytest.mark.timeout(30)

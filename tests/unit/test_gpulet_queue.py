@@ -10,11 +10,11 @@ import pytest
 
 from common import frames
 from common.placement import GpuletModel, GpuletSpec
-from router.agent_client import AgentClient
+from router.dispatch.agent_client import AgentClient
 from router.dispatch.batching import GpuletPlanView, ModelTurn, Pending
 from router.dispatch.dispatcher import MAX_BATCHES_IN_FLIGHT, Entry, GpuletQueue
 from router.dispatch.observer import NoObserver
-from router.routing import Route
+from router.dispatch.routing import Route
 
 pytestmark = pytest.mark.timeout(10)
 PREDICTED_MS = 100.0

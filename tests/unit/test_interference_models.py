@@ -1,4 +1,4 @@
-"""router.scheduling.interference_models and interference_fit: the original's linear form, the
+"""common.interference_models and interference_fit: the original's linear form, the
 per-pair nearest-neighbour table, the fit, cross-validation and the shipped data files."""
 
 from __future__ import annotations
@@ -9,8 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.interference import Corunner
+from common.interference_models import (
+    DATA_DIR,
+    KIND_LINEAR,
+    KIND_PAIR_KNN,
+    LinearInterference,
+    PairNeighbourInterference,
+    fitted_for,
+    linear_features,
+    load_interference,
+)
 from common.profiles import DeviceProfile, find_profile
-from router.scheduling.interference import Corunner
 from router.scheduling.interference_fit import (
     KIND_NONE,
     ErrorStats,
@@ -25,16 +35,6 @@ from router.scheduling.interference_fit import (
     kfold_indices,
     observations_from_rows,
     write_data_file,
-)
-from router.scheduling.interference_models import (
-    DATA_DIR,
-    KIND_LINEAR,
-    KIND_PAIR_KNN,
-    LinearInterference,
-    PairNeighbourInterference,
-    fitted_for,
-    linear_features,
-    load_interference,
 )
 
 pytestmark = pytest.mark.timeout(60)

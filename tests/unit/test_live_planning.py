@@ -9,7 +9,7 @@ import pytest
 from common.cluster import AgentInfo, DeviceInfo
 from common.profiles import DeviceProfile
 from common.settings import RouterSettings
-from router.app import parse_rates, served_models
+from router.http.app import parse_rates, served_models
 from router.scheduling.live import cpu_devices, plan_live
 
 pytestmark = pytest.mark.timeout(60)

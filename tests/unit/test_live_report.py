@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from common.cluster import AgentInfo, DeviceInfo
+from common.interference import NoInterference
 from common.profiles import find_profile
-from router.scheduling.interference import NoInterference
 from router.scheduling.live import plan_live
 from router.scheduling.live_report import live_peak, predicted_gpulets
 

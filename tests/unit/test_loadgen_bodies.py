@@ -10,7 +10,7 @@ import pytest
 from common.models import CATALOG, TOKEN_INPUT, ModelSpec, spec_for
 from common.scenarios import ScenarioModel, load_scenario
 from loadgen.bodies import input_specs, request_bodies, request_body
-from router.codec import decode_request
+from router.http.codec import decode_request
 
 
 def _decode(body: bytes, spec: ModelSpec) -> tuple[dict[str, tuple[int, ...]], float | None]:

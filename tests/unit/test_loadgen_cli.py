@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import build_parser, main
+from common.cli.main import build_parser, main
 
 
 def test_help_renders(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,12 +16,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.cluster import AgentInfo, DeviceInfo
 from common.errors import Unavailable
 from common.placement import GpuletModel, GpuletSpec, Placement
-from router.control import Controller, ReplanEvent
+from router.control.control import Controller, ReplanEvent
+from router.control.rates import EWMA_WEIGHT, RateMonitor
 from router.dispatch.batching import GpuletPlanView, ModelTurn
 from router.dispatch.dispatcher import Dispatcher
-from router.metrics import FAMILIES, Buckets, ClusterCollector, DispatchMetrics, metrics_registry
-from router.rates import EWMA_WEIGHT, RateMonitor
-from router.routing import build_table
+from router.dispatch.routing import build_table
+from router.http.metrics import (
+    FAMILIES,
+    Buckets,
+    ClusterCollector,
+    DispatchMetrics,
+    metrics_registry,
+)
 from tests.support.held_agent import Clock, HeldClient
 
 pytestmark = pytest.mark.timeout(30)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import build_parser, up_options
+from common.cli.main import build_parser, up_options
 from common.model_config import ConfiguredModel, load_model_config, parse_model_config, router_env
 
 pytestmark = pytest.mark.timeout(60)

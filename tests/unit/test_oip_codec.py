@@ -1,4 +1,4 @@
-"""router.oip_codec: OIP infer bodies with JSON and binary tensors both ways, every rejection,
+"""router.http.oip_codec: OIP infer bodies with JSON and binary tensors both ways, every rejection,
 deadlines from parameters, and the metadata and Triton config of a model."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import BadRequest, GpuletError, UnknownModel
 from common.models import CATALOG
-from router.oip_codec import (
+from router.http.oip_codec import (
     OipRequest,
     RequestedOutput,
     check_version,

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from common.cli import main
+from common.cli.main import main
 
 pytestmark = pytest.mark.timeout(60)
 SHARED = Path(__file__).resolve().parents[3] / "shared"

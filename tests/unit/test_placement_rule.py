@@ -1,4 +1,4 @@
-"""router.placement_rule: gpulet count, proportional shares, even core splits and LPT assignment."""
+"""router.control.placement_rule: gpulet count, proportional shares, even core splits, LPT."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from common.cluster import AgentInfo, DeviceInfo
 from common.models import CATALOG
 from common.placement import GpuletModel
-from router.placement_rule import split_evenly, static_placement
+from router.control.placement_rule import split_evenly, static_placement
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.profile_plan import (
+from agent.profiling.plan import (
     BATCHES,
     MachineFacts,
     RunBudget,
@@ -199,7 +199,7 @@ def test_machine_facts_name_whichever_onnxruntime_wheel_is_installed(
 ) -> None:
     import importlib.metadata
 
-    from agent import profile_measure
+    from agent.profiling import measure as profile_measure
 
     def version(distribution: str) -> str:
         if distribution not in installed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.rates import (
+from router.control.rates import (
     BUCKET_MS,
     EWMA_WEIGHT,
     RateChange,

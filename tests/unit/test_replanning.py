@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common.placement import GpuletModel, GpuletSpec, Placement
-from router.rates import RateMonitor
-from router.replanning import (
+from router.control.rates import RateMonitor
+from router.control.replanning import (
     FLOOR_RPS,
     Targets,
     bounds,

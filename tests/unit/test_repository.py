@@ -10,7 +10,7 @@ import pytest
 from common.cluster import AgentInfo, DeviceInfo
 from common.errors import BadRequest, NotLoadable, SloUnattainable, Unavailable
 from common.profiles import find_profile
-from router.repository import (
+from router.control.repository import (
     LOADING,
     READY,
     UNAVAILABLE,

@@ -1,11 +1,11 @@
-"""router.routing: which gpulets are routable, least-loaded choice, and admission limits."""
+"""router.dispatch.routing: which gpulets are routable, least-loaded choice, admission limits."""
 
 from __future__ import annotations
 
 import pytest
 
 from common.placement import GpuletModel, GpuletSpec, Placement
-from router.routing import RoutingTable, build_table
+from router.dispatch.routing import RoutingTable, build_table
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.interference import InterferenceModel, NoInterference
 from common.profiles import PROCESS_OVERHEAD_MB
 from router.scheduling.elastic import Planner
-from router.scheduling.interference import InterferenceModel, NoInterference
 from router.scheduling.perf import PerfModel
 from router.scheduling.schedulers import (
     config_for,

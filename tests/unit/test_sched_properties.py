@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.interference import InterferenceModel
+from common.interference_models import fitted_for
 from common.profiles import PROCESS_OVERHEAD_MB, DeviceProfile, find_profile
-from router.scheduling.interference import InterferenceModel
-from router.scheduling.interference_models import fitted_for
 from router.scheduling.schedulers import SCHEDULERS, config_for, kind_max_gpulets, plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 

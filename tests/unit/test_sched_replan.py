@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from common.interference_models import fitted_for
 from common.profiles import find_profile
-from router.scheduling.interference_models import fitted_for
 from router.scheduling.replan import changed_models, replan
 from router.scheduling.schedulers import plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig

@@ -13,10 +13,10 @@ import pytest
 from agent.devices import discover_simulated
 from agent.simulated import BatchTiming, SimulatedExecutor, TimerKind, output_tensors
 from common.errors import BackendFailed, BadRequest, DeadlinePassed, Overloaded, Unavailable
+from common.interference import Corunner, NoInterference
 from common.placement import GpuletModel, GpuletSpec
 from common.profiles import DeviceProfile, find_profile
 from common.settings import AgentSettings
-from router.scheduling.interference import Corunner, NoInterference
 
 pytestmark = pytest.mark.timeout(30)
 LONG_S = 30.0

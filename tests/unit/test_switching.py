@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common.placement import GpuletModel, GpuletSpec, Placement, carry_ids
-from router.routing import Route, RoutingTable, build_table
-from router.switching import still_running, switch_routes
+from router.control.switching import still_running, switch_routes
+from router.dispatch.routing import Route, RoutingTable, build_table
 
 pytestmark = pytest.mark.timeout(10)
 URLS = {"a": "http://a", "b": "http://b"}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import build_parser, up_options
+from common.cli.main import build_parser, up_options
+from common.cli.up import UpOptions, example_request
 from common.models import spec_for
-from common.up import UpOptions, example_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,7 +101,7 @@ def test_the_pasteable_example_on_simulated_gpus_is_a_token() -> None:
 def test_settings_out_of_range_exit_in_one_line_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from common.cli import main
+    from common.cli.main import main
 
     monkeypatch.setenv("GPULET_DEADLINE_FACTOR", "-1")
     with pytest.raises(SystemExit, match="gpulet router: GPULET_DEADLINE_FACTOR: .*greater than 0"):

@@ -3,8 +3,8 @@
 Flow: `ensure_profile` reads the stored profile of this machine; models whose fingerprint (or
 the sizes and batches asked for) no longer match are measured again, each core-set size in a
 spawned process pinned to that many cores, one size at a time; the merged profile is stored.
-The plan, the run budget and the keys are pure (`agent.profile_plan`); the measuring processes
-live in `agent.profile_measure`; this module reads, measures and stores.
+The plan, the run budget and the keys are pure (`agent.profiling.plan`); the measuring processes
+live in `agent.profiling.measure`; this module reads, measures and stores.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.profile_measure import (
+from agent.profiling.measure import (
     MeasureFn,
     ProfileStep,
     ProgressFn,
     measure_profile,
     read_machine_facts,
 )
-from agent.profile_plan import (
+from agent.profiling.plan import (
     BATCHES,
     ProfileRequest,
     machine_key,

@@ -2,7 +2,8 @@
 
 Redis may be an embedded server that forgets everything when `gpulet up` stops, so the profile
 is also kept on disk beside the model cache, keyed like the store: by machine facts, and inside
-by each model's fingerprint (`agent.profiler.ensure_profile` re-measures only what changed).
+by each model's fingerprint (`agent.profiling.profiler.ensure_profile` re-measures only what
+changed).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from agent.profile_measure import read_machine_facts
-from agent.profile_plan import machine_key
-from agent.profiler import ensure_profile
+from agent.profiling.measure import read_machine_facts
+from agent.profiling.plan import machine_key
+from agent.profiling.profiler import ensure_profile
 from common.cluster import CPU_KEY, DeviceInfo
 from common.settings import AgentSettings
 from common.store import Store

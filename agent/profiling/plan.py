@@ -1,7 +1,8 @@
 """What a CPU profile measures and how one is assembled (pure): the request, the run budget,
 the reuse keys, which stored models are stale, and merging kept points with new ones.
 
-Used by `agent.profiler.ensure_profile` (the flow) and `agent.profile_measure` (the measuring).
+Used by `agent.profiling.profiler.ensure_profile` (the flow) and `agent.profiling.measure` (the
+measuring).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from common.interference import Corunner, InterferenceModel
 from common.profiles import DeviceProfile, find_profile
-from router.scheduling.interference import Corunner, InterferenceModel
 
 DATA_DIR = Path(__file__).parent / "data"
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from common.placement import GpuletSpec, Placement
-from router.routing import Route, RoutingTable
+from router.dispatch.routing import Route, RoutingTable
 
 
 @dataclass(frozen=True)

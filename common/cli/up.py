@@ -101,7 +101,7 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
             env["GPULET_SIM_TIME_SCALE"] = f"{options.time_scale:g}"
         if options.agent_cores is not None:
             env["GPULET_AGENT_CORES"] = options.agent_cores
-        gpulet = [sys.executable, "-m", "common.cli"]
+        gpulet = [sys.executable, "-m", "common.cli.main"]
         children.append(
             Child("agent", [*gpulet, "agent"],
                   {**env, "GPULET_AGENT_PORT": str(options.agent_port)})

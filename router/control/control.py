@@ -21,19 +21,19 @@ from dataclasses import dataclass, replace
 
 from common.cluster import AgentInfo, measures_own_profile, parse_named_key, parse_simulated_key
 from common.errors import GpuletError
+from common.interference import InterferenceModel
 from common.placement import EMPTY_PLACEMENT, GpuletSpec, Placement, carry_ids
 from common.profiles import DeviceProfile, find_profile
 from common.store import Store
-from router.agent_client import AgentClient
-from router.placement_rule import static_placement
-from router.rates import RateMonitor
-from router.replanning import Targets, planned_rates, replan_reason, target_rates
-from router.routing import RoutingTable
-from router.scheduling.interference import InterferenceModel
+from router.control.placement_rule import static_placement
+from router.control.rates import RateMonitor
+from router.control.replanning import Targets, planned_rates, replan_reason, target_rates
+from router.control.switching import still_running, switch_routes
+from router.dispatch.agent_client import AgentClient
+from router.dispatch.routing import RoutingTable
 from router.scheduling.live import plan_live, replan_live
 from router.scheduling.offline import interference_for
 from router.scheduling.types import Plan
-from router.switching import still_running, switch_routes
 
 STATIC = "static"
 # A switch waiting this long on new gpulets that never become ready takes the ready ones.

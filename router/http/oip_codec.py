@@ -20,7 +20,7 @@ import numpy as np
 from common.errors import BadRequest, GpuletError, UnknownModel
 from common.frames import Array
 from common.models import BATCH_DIM, ModelSpec, TensorSpec
-from router import codec
+from router.http import codec
 
 # numpy dtype name -> OIP datatype (peers.md section 5.4). No model takes BYTES (strings).
 DATATYPES: dict[str, str] = {

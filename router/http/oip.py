@@ -21,11 +21,12 @@ from fastapi.routing import APIRoute
 from common.errors import BadRequest, GpuletError, Unavailable, UnknownModel
 from common.models import ModelSpec
 from common.settings import RouterSettings
-from router import codec, oip_codec
-from router.bodies import inflate, read_body
-from router.control import Controller
+from router.control.control import Controller
+from router.control.rates import RateMonitor
 from router.dispatch.dispatcher import Dispatcher
-from router.openapi import (
+from router.http import codec, oip_codec
+from router.http.bodies import inflate, read_body
+from router.http.openapi import (
     InferResponse,
     Live,
     ModelMetadata,
@@ -34,7 +35,6 @@ from router.openapi import (
     ServerMetadata,
     error_responses,
 )
-from router.rates import RateMonitor
 
 logger = logging.getLogger(__name__)
 

@@ -24,18 +24,18 @@ from common.errors import BadRequest, GpuletError, Unavailable
 from common.models import ModelSpec, spec_for
 from common.settings import RouterSettings
 from common.store import Store
-from router import codec, oip, openapi
-from router.agent_client import AgentClient
-from router.bodies import read_body
-from router.control import Controller
+from router.control.control import Controller
+from router.control.rates import RateMonitor
+from router.control.repository import Repository
+from router.dispatch.agent_client import AgentClient
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
-from router.metrics import DispatchMetrics
-from router.openapi import error_responses
-from router.operator_routes import operator_routes
-from router.rates import RateMonitor
-from router.repository import Repository
-from router.repository_routes import repository_routes
+from router.http import codec, oip, openapi
+from router.http.bodies import read_body
+from router.http.metrics import DispatchMetrics
+from router.http.openapi import error_responses
+from router.http.operator_routes import operator_routes
+from router.http.repository_routes import repository_routes
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from common.status_view import (
+from common.cli.status_view import (
     live_plan_view,
     metric_samples,
     peak_view,

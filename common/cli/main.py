@@ -19,8 +19,8 @@ from common.models import CATALOG, model_names
 from common.settings import AgentSettings, CommonSettings, RouterSettings
 
 if TYPE_CHECKING:
+    from common.cli.up import UpOptions
     from common.model_config import ModelConfig
-    from common.up import UpOptions
 
 
 def _models_arg(text: str) -> tuple[str, ...]:
@@ -51,9 +51,9 @@ def up_options(args: argparse.Namespace) -> UpOptions:
     scale K != 1) every model's default, since a device K times slower needs SLOs K times
     longer for the same plan. Usage errors exit with a message that names the fix.
     """
+    from common.cli.up import UpOptions
     from common.models import spec_for
     from common.scenarios import load_scenario
-    from common.up import UpOptions
 
     scenario = None
     if args.scenario is not None:
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_planning(sub)
 
-    from common.operator_cli import add_status_parser
+    from common.cli.operator import add_status_parser
 
     add_status_parser(sub)
 
@@ -231,7 +231,7 @@ def settings_problems(exc: ValidationError) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
-        from common.up import run_up
+        from common.cli.up import run_up
 
         settings = CommonSettings()
         configure_logging(settings.log_level, process_name="up")
@@ -262,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         run_agent(agent_settings)
         return 0
     if args.command == "status":
-        from common.operator_cli import run_status
+        from common.cli.operator import run_status
 
         return run_status(args)
     if args.command in ("plan", "peak"):
@@ -313,8 +313,8 @@ def _profile_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from agent.devices import discover_cpu
-    from agent.profile_measure import ProfileStep
-    from agent.profiler import ensure_profile
+    from agent.profiling.measure import ProfileStep
+    from agent.profiling.profiler import ensure_profile
     from common.profiles import DeviceProfile
     from common.store import Store
 

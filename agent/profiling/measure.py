@@ -1,7 +1,8 @@
 """Measuring a CPU profile: one spawned process per core-set size, pinned to those cores, times
 each model x batch with the serving worker's loader and sends the points back over a pipe.
 
-Called by `agent.profiler.ensure_profile` in a thread; what to measure comes from profile_plan.
+Called by `agent.profiling.profiler.ensure_profile` in a thread; what to measure comes from
+`agent.profiling.plan`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.profile_plan import MachineFacts, ProfileRequest, RunBudget, measure_series
+from agent.profiling.plan import MachineFacts, ProfileRequest, RunBudget, measure_series
 from common.errors import BackendFailed
 from common.models import CATALOG, ModelSpec
 from common.modelzoo.cache import onnx_path

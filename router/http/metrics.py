@@ -23,11 +23,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from router.control import Controller
+from router.control.control import Controller
+from router.control.rates import RateMonitor
+from router.control.replanning import planned_rates
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.observer import OK
-from router.rates import RateMonitor
-from router.replanning import planned_rates
 
 # Latency buckets span the catalog's SLOs (5 ms .. 400 ms) times simulated time scales (x10)
 # up to GPULET_MAX_DEADLINE_MS (60 s).

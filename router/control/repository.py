@@ -31,13 +31,13 @@ from common.errors import (
     Unavailable,
     UnknownModel,
 )
+from common.interference import InterferenceModel
 from common.models import CATALOG, ModelSpec, spec_for
 from common.profiles import DeviceProfile, find_profile
 from common.settings import RouterSettings
 from common.store import Store
-from router.control import STATIC, Controller
+from router.control.control import STATIC, Controller
 from router.dispatch.dispatcher import Dispatcher
-from router.scheduling.interference import InterferenceModel
 from router.scheduling.live import plan_live
 from router.scheduling.schedulers import SearchTooLarge
 

@@ -1,7 +1,7 @@
 """Read-only endpoints for operators and their tools: `GET /metrics` (Prometheus text format)
 and `GET /v1/plan` (the running plan, predicted, and the peak rate the devices carry).
 
-`gpulet status` and `gpulet plan|peak --url` (common/operator_cli.py) read these and
+`gpulet status` and `gpulet plan|peak --url` (common/cli/operator.py) read these and
 `/v1/cluster`, `/v1/models`.
 """
 
@@ -16,14 +16,14 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common.interference import InterferenceModel, NoInterference
 from common.profiles import DeviceProfile
-from router import codec
-from router.control import Controller
+from router.control.control import Controller
+from router.control.rates import RateMonitor
 from router.dispatch.dispatcher import Dispatcher
-from router.metrics import ClusterCollector, DispatchMetrics, metrics_registry
-from router.openapi import error_responses
-from router.rates import RateMonitor
-from router.scheduling.interference import InterferenceModel, NoInterference
+from router.http import codec
+from router.http.metrics import ClusterCollector, DispatchMetrics, metrics_registry
+from router.http.openapi import error_responses
 from router.scheduling.live_report import live_peak, predicted_gpulets
 from router.scheduling.offline import interference_for
 

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from common.errors import BadRequest
-from router import oip
-from router.bodies import read_body
-from router.openapi import error_responses
-from router.repository import Repository, load_parameters
+from router.control.repository import Repository, load_parameters
+from router.http import oip
+from router.http.bodies import read_body
+from router.http.openapi import error_responses
 
 INDEX_LIMIT_BYTES = 64 * 1024  # an index or load body is a few parameters
 LOAD_EXAMPLE = {"parameters": {"slo_ms": 100, "rate_rps": 20}}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from common.placement import Placement
-from router.rates import BUCKET_MS, EWMA_WEIGHT, RECENT_BUCKETS, rate_change, target_rps
+from router.control.rates import BUCKET_MS, EWMA_WEIGHT, RECENT_BUCKETS, rate_change, target_rps
 
 # Every served model keeps a gpu-let, planned for at least this rate, so its first request after
 # a quiet spell is served rather than refused.
