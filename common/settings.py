@@ -82,8 +82,18 @@ class RouterSettings(CommonSettings):
         gt=0,
         description="a request's deadline is its slo_ms (else the model default) times this",
     )
-    max_inflight_per_gpulet: int = Field(
-        default=256, ge=1, description="items queued per gpulet before 503 overloaded"
+    max_queued_bytes: int = Field(
+        default=1 << 30,
+        ge=1,
+        description="input bytes the router may hold in requests admitted and not yet answered "
+        "(queued or running) before 503 overloaded; time is bounded by admission (a request is "
+        "admitted only where it is predicted to finish within its SLO)",
+    )
+    batching: Literal["work-conserving", "duty-cycle"] = Field(
+        default="work-conserving",
+        description="work-conserving: an idle gpu-let sends what is queued at once, a busy one "
+        "lets the next batch grow until the running one ends; duty-cycle: a batch waits until "
+        "full or until its oldest request has waited the planned duty cycle",
     )
     agent_connections: int = Field(default=256, ge=1, description="pooled connections per agent")
     reconcile_interval_s: float = Field(

@@ -113,6 +113,7 @@ def up_options(args: argparse.Namespace) -> UpOptions:
         # A K times slower device carries K times fewer requests under K times longer SLOs.
         rates_rps={n: r / args.time_scale for n, r in (config.rates_rps if config else {}).items()
                    if n in models},
+        keep_going=args.keep_going,
     )  # fmt: skip
 
 
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cores the CPU agent's workers may use, e.g. '1-3' (default: all, or "
                     "a cpu scenario's first N)")  # fmt: skip
     up.add_argument("--no-build", action="store_true", help="do not build missing models")
+    up.add_argument("--keep-going", action="store_true",
+                    help="when some models fail to load or to answer their warm-up, keep "
+                    "serving the others (default: name the failures and exit 1)")  # fmt: skip
     up.add_argument("--simulated", default=None, metavar="PROFILE",
                     help="simulated GPUs of a measured profile instead of CPU workers")  # fmt: skip
     up.add_argument("--devices", type=int, default=None,

@@ -57,7 +57,8 @@ def status_document(
             "busy_ratio": _value(samples, "gpulet_gpulet_busy_ratio", gpulet=gpulet_id),
             "models": [
                 {**m, "served_rps": _value(samples, "gpulet_gpulet_served_requests_per_second",
-                                           gpulet=gpulet_id, model=m["name"])}  # fmt: skip
+                                           gpulet=gpulet_id, model=m["name"]),
+                 "learned": states.get(gpulet_id, {}).get("learned", {}).get(m["name"])}
                 for m in spec["models"]
             ],
         })  # fmt: skip
@@ -113,16 +114,20 @@ def status_tables(doc: Mapping[str, Any]) -> Group:
         devices = ", ".join(_device(d) for d in a["devices"] or [])
         agents.add_row(a["agent_id"], a["url"], devices, a["profile_key"] or "measuring")
     gpulets = _table("gpu-lets", "gpu-let", "device", "size", "state", "duty ms", "busy",
-                     "model", "batch", "planned req/s", "served req/s")  # fmt: skip
+                     "model", "batch", "planned req/s", "served req/s", "learned ms",
+                     "x profile")  # fmt: skip
     for g in doc["gpulets"]:
         shared = [g["gpulet_id"], f"{g['agent_id']}/{g['device_id']}", _size(g), g["state"],
                   f"{g['duty_cycle_ms']:.1f}", _share(g["busy_ratio"])]  # fmt: skip
         for i, m in enumerate(g["models"]):
+            learned = m.get("learned") or {}
             gpulets.add_row(*_once(shared, i), m["name"], str(m["batch_size"]),
-                            f"{m['planned_rps']:.1f}", _num(m["served_rps"]))  # fmt: skip
+                            f"{m['planned_rps']:.1f}", _num(m["served_rps"]),
+                            _num(learned.get("latency_ms"), "{:.2f}"),
+                            _num(learned.get("factor"), "{:.2f}"))  # fmt: skip
     for r in doc["retiring"]:
         gpulets.add_row(r["gpulet_id"], "", "", f"{r['state']} (replaced)", "", "",
-                        ", ".join(r["models"]), "", "", "")  # fmt: skip
+                        ", ".join(r["models"]), "", "", "", "", "")  # fmt: skip
     models = _table("models", "model", "ready", "SLO ms", "measured req/s", "planned req/s",
                     "requests", "not ok", "SLO attainment", "queued")  # fmt: skip
     for m in doc["models"]:

@@ -2,8 +2,10 @@
 
 Steps: build missing models -> find or start Redis -> start the agent and the router as child
 processes (own sessions, so Ctrl-C reaches only us) -> wait for /readyz -> one warm-up request
-per model -> print the URL and a curl example -> wait for Ctrl-C/SIGTERM or a child's death ->
-stop router, agent (which stops its workers) and the Redis we started, leaving nothing behind.
+per model -> print the URL and a curl example only if every model answered its warm-up 200
+(else name each failing model and why, and exit 1; `--keep-going` serves the others) -> wait for
+Ctrl-C/SIGTERM or a child's death -> stop router, agent (which stops its workers) and the Redis
+we started, leaving nothing behind.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import orjson
 
 from common import redis_server
+from common.cli.readiness import RETRYABLE_STATUSES, load_failures, warm_up_problem
 from common.model_config import router_env
 from common.models import CATALOG, ModelSpec, spec_for
 from common.procs import die_with_parent, stop_process
@@ -38,6 +41,8 @@ READY_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 10.0
 WARMUP_SLO_MS = 30_000.0  # warm-up absorbs first-call costs; it must not time out on them
+# A warm-up refused for load (clients may already be sending) is asked again this long.
+WARMUP_RETRY_S = 60.0
 # Requests short enough to paste into a shell, in order of preference (real devices).
 PASTEABLE_MODELS = ("noop", "bert_mini", "lenet")
 
@@ -55,6 +60,7 @@ class UpOptions:
     slos_ms: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_SLOS; empty: defaults
     agent_cores: str | None = None  # -> GPULET_AGENT_CORES; None: every allowed core
     rates_rps: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_RATES; empty: none
+    keep_going: bool = False  # serve the models that came up when others failed
 
 
 class Child:
@@ -112,12 +118,26 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
                    "GPULET_ROUTER_PORT": str(options.port)})
         )  # fmt: skip
         base = f"http://{_url_host(options.host)}:{options.port}"
-        if not _wait_ready(base, children, stopping):
+        failed = _wait_ready(base, children, stopping, options.keep_going)
+        if failed is None:
             return 1
         simulated = options.simulated is not None
         for name in options.models:
-            _warm_up(base, spec_for(name, simulated=simulated))
-        print_banner(base, options.models, simulated=simulated)
+            if name not in failed:
+                problem = _warm_up(base, spec_for(name, simulated=simulated), stopping)
+                if problem is not None:
+                    failed[name] = f"warm-up answered {problem}"
+        for name, why in failed.items():
+            print(f"gpulet: model {name} failed: {why}", file=sys.stderr, flush=True)
+        serving = tuple(m for m in options.models if m not in failed)
+        if failed and (not options.keep_going or not serving):
+            print(f"gpulet is not ready: {len(failed)} of {len(options.models)} model(s) failed "
+                  "(--keep-going serves the others); stopping", file=sys.stderr)  # fmt: skip
+            return 1
+        if failed:
+            print(f"gpulet serves {', '.join(serving)} only (--keep-going): "
+                  f"{', '.join(failed)} failed", file=sys.stderr)  # fmt: skip
+        print_banner(base, serving, simulated=simulated)
         while not stopping.is_set():
             dead = [c.name for c in children if not c.alive()]
             if dead:
@@ -136,19 +156,35 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
-def _wait_ready(base: str, children: Sequence[Child], stopping: threading.Event) -> bool:
+def _wait_ready(
+    base: str, children: Sequence[Child], stopping: threading.Event, keep_going: bool
+) -> dict[str, str] | None:
+    """Wait until every model is ready, or has failed to load (its gpu-lets keep failing);
+    the failed ones with why. None: give up (a child died, time ran out, Ctrl-C, or a model
+    failed and `keep_going` is off)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last = ""
     while time.monotonic() < deadline and not stopping.is_set():
         dead = [c.name for c in children if not c.alive()]
         if dead:
             logger.error("%s exited during start-up; see the log above", ", ".join(dead))
-            return False
+            return None
         try:
             status, body = _http("GET", f"{base}/readyz")
             if status == 200:
-                return True
-            message = body.get("error", {}).get("message", "")
+                return {}
+            error = body.get("error", {})
+            waiting = [str(m) for m in error.get("not_ready", [])]
+            failed = load_failures(_http("GET", f"{base}/v1/cluster")[1], waiting)
+            if failed and (not keep_going or set(failed) == set(waiting)):
+                for name, why in failed.items():
+                    print(f"gpulet: model {name} failed to load: {why}", file=sys.stderr)
+                if not keep_going:
+                    print("gpulet is not ready (--keep-going serves the other models); "
+                          "stopping", file=sys.stderr)  # fmt: skip
+                    return None
+                return failed
+            message = error.get("message", "")
             if message != last:
                 logger.info("waiting: %s", message)
                 last = message
@@ -157,10 +193,11 @@ def _wait_ready(base: str, children: Sequence[Child], stopping: threading.Event)
         stopping.wait(POLL_INTERVAL_S)
     if not stopping.is_set():
         logger.error("not ready after %.0fs: %s", READY_TIMEOUT_S, last)
-    return False
+    return None
 
 
-def _warm_up(base: str, spec: ModelSpec) -> None:
+def _warm_up(base: str, spec: ModelSpec, stopping: threading.Event) -> str | None:
+    """One request per model, asked again while refused for load; why it failed, or None."""
     inputs = {
         t.name: {
             "shape": [1, *t.item_shape],
@@ -170,13 +207,18 @@ def _warm_up(base: str, spec: ModelSpec) -> None:
         for t in spec.inputs
     }
     body = {"model": spec.name, "inputs": inputs, "slo_ms": WARMUP_SLO_MS}
-    status, answer = _http("POST", f"{base}/v1/infer", body)
-    if status != 200:
-        # Serving goes on: clients may already be sending (the router is ready), and one
-        # request can fail for their sake (e.g. refused while overloaded).
-        logger.warning("warm-up of %s answered %d: %s", spec.name, status, answer)
-        return
-    logger.info("warm-up model=%s latency_ms=%s", spec.name, answer.get("latency_ms"))
+    deadline = time.monotonic() + WARMUP_RETRY_S
+    while True:
+        status, answer = _http("POST", f"{base}/v1/infer", body)
+        if status == 200:
+            logger.info("warm-up model=%s latency_ms=%s", spec.name, answer.get("latency_ms"))
+            return None
+        # Clients may already be sending (the router is ready): a refusal for load is not
+        # the model's failure.
+        if status not in RETRYABLE_STATUSES or time.monotonic() > deadline or stopping.is_set():
+            return warm_up_problem(status, answer)
+        logger.info("warm-up of %s answered %d; asking again", spec.name, status)
+        stopping.wait(POLL_INTERVAL_S)
 
 
 def _http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:

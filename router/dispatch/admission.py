@@ -1,5 +1,7 @@
 """Admission (pure): NEVER (422: the SLO is tighter than any placement can meet), LATER (503:
-the model's queues are full, retry), or OK. Every refusal carries the numbers behind it."""
+the router holds as many request bytes as it may, retry), or OK. Every refusal carries the
+numbers behind it. Whether a gpu-let can finish the request in time is the door's question
+(dispatcher.py, batching.admission_finish), asked after this."""
 
 from __future__ import annotations
 
@@ -30,12 +32,15 @@ def admit(
     model: str,
     slo_ms: float,
     best_latency_ms: float | None,
-    queued_items: int,
-    queue_limit_items: int,
+    held_bytes: int,
+    request_bytes: int,
+    limit_bytes: int,
     retry_after_s: float,
 ) -> Admission:
     """`best_latency_ms`: the fastest one request of `model` can run on any allowed partition
-    (batch 1, margin included); None when no profile says."""
+    (batch 1, as profiled); None when no profile says. `held_bytes`: what the router holds of
+    requests admitted and not yet answered; this one would add `request_bytes`. A request
+    alone is never refused for its size (the body limit bounds it)."""
     if best_latency_ms is not None and slo_ms < best_latency_ms:
         never: GpuletError = SloUnattainable(
             f"{model}: slo_ms {slo_ms:g} is below {best_latency_ms:.1f} ms, the fastest any "
@@ -45,13 +50,16 @@ def admit(
             best_achievable_ms=round(best_latency_ms, 3),
         )
         return Admission(Verdict.NEVER, never, {"best_achievable_ms": best_latency_ms})
-    if queued_items >= queue_limit_items:
+    if held_bytes and held_bytes + request_bytes > limit_bytes:
         later: GpuletError = Overloaded(
-            f"{model}: {queued_items} items queued, the limit is {queue_limit_items}",
+            f"{model}: the router holds {held_bytes} bytes of queued requests; this one "
+            f"({request_bytes} bytes) would pass the limit of {limit_bytes} "
+            "(GPULET_MAX_QUEUED_BYTES)",
             model=model,
-            queued=queued_items,
-            limit=queue_limit_items,
+            held_bytes=held_bytes,
+            request_bytes=request_bytes,
+            limit=limit_bytes,
             retry_after_s=retry_after_s,
         )
-        return Admission(Verdict.LATER, later, {"queued": queued_items})
+        return Admission(Verdict.LATER, later, {"held_bytes": held_bytes})
     return ADMITTED

@@ -4,7 +4,8 @@ A request is admitted (admission.py), routed to a gpu-let of its model (weights.
 that gpu-let's queue. The queue's loop asks `decide` what to do: drops are answered 504 at once;
 a batch is concatenated along the batch axis, sent to the agent as one frame without blocking the
 loop, and its outputs are split back to the requests. Until a batch is predicted done, the
-gpu-let counts as busy, so the next batch forms meanwhile.
+gpu-let counts as busy, so the next batch forms meanwhile. Each answer teaches the queue that
+model's latency on this gpu-let (estimates.py): the worker's `compute_ms` and the round trip.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from common import frames
 from common.errors import DeadlinePassed, GpuletError, Unavailable
 from router.dispatch.admission import Verdict, admit
 from router.dispatch.agent_client import AgentClient
-from router.dispatch.batching import GpuletPlanView, Pending, admission_finish_ms, decide
+from router.dispatch.batching import (
+    NOT_SERVED,
+    GpuletPlanView,
+    ModelTurn,
+    Pending,
+    Prediction,
+    admission_finish,
+    decide,
+)
+from router.dispatch.estimates import Learner, prior_table
 from router.dispatch.observer import OK, DispatchObserver, NoObserver
 from router.dispatch.routing import Route, RoutingTable
 from router.dispatch.weights import RouteLoad, ranked
@@ -33,7 +43,10 @@ logger = logging.getLogger(__name__)
 
 SENT = -1.0  # `_step`'s answer after sending a batch: decide again at once
 GUARD_S = 1.0  # past the deadline, a request still unanswered is failed by `submit` itself
-SLOWDOWN_WEIGHT = 0.2  # EWMA weight of each batch's measured ÷ predicted time
+# Learned estimates age (drift back toward the profile) at most this often: on a request or a
+# batch, never on a timer of their own.
+REFRESH_MS = 250.0
+DEFAULT_MAX_HELD_BYTES = 1 << 30  # 1 GiB of request tensors
 # Batches sent to a gpu-let and not yet answered: the running one and one queued behind it,
 # so the worker never idles between batches. More would fix batches long before they run.
 MAX_BATCHES_IN_FLIGHT = 2
@@ -73,12 +86,18 @@ class GpuletQueue:
         client: AgentClient,
         clock: Callable[[], float],
         observer: DispatchObserver,
+        work_conserving: bool = True,
     ) -> None:
         self.route = route
-        self.view = view
         self.client = client
         self.clock = clock
         self.observer = observer
+        self.work_conserving = work_conserving
+        # Per model: its own samples, so one model's slow batches never move another's figures.
+        self.learners: dict[str, Learner] = {}
+        self.view = view
+        self.set_view(view)
+        self._refreshed_ms = clock() * 1000
         self.entries: dict[str, Entry] = {}
         self.queued_items = 0
         self.queued_by_model: dict[str, int] = {}
@@ -86,10 +105,6 @@ class GpuletQueue:
         self.turn = 0
         self.busy_until_ms = 0.0
         self._predicted_ms: dict[int, float] = {}  # batches sent and not answered, in order
-        # Measured ÷ predicted batch time (EWMA, never below 1): neighbours' interference or a
-        # busy CPU make batches slower than the profile says, and without it the queue would
-        # admit work that then waits at the agent past its deadline.
-        self.slowdown = 1.0
         self._batch_numbers = itertools.count()
         # Measured busy time (a batch in flight), for the observer: overlapping batches count
         # once, so it never exceeds wall time.
@@ -99,21 +114,62 @@ class GpuletQueue:
         self.closing = False
         self._wakeup = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
+        # Sends handed to a caller to await inline: not tasks of ours, but `close` must wait
+        # for them too, or a drained gpu-let is stopped under a batch about to reach it.
+        self._inline_sends: set[asyncio.Future[None]] = set()
         self.task = asyncio.create_task(self._loop(), name=f"queue-{route.gpulet.gpulet_id}")
 
     @property
     def outstanding_items(self) -> int:
         return self.queued_items + self.inflight_items
 
-    def finish_ms(self, pending: Pending, now_ms: float, budget_ms: float) -> float:
-        """When `pending` would finish if queued now, behind everything queued and running,
-        with admission's headroom (`budget_ms`: its SLO, which bounds its batch)."""
-        return admission_finish_ms(self.view, self.queued_by_model, pending,
-                                   max(now_ms, self.busy_until_ms), self.slowdown,
-                                   budget_ms)  # fmt: skip
+    def set_view(self, view: GpuletPlanView) -> None:
+        """Take a (new) plan's view; a model keeps what it learned unless its prior changed."""
+        learners = {}
+        for turn in view.models:
+            kept = self.learners.get(turn.model)
+            same_prior = kept is not None and kept.prior_ms == prior_table(turn.latency_ms) \
+                and kept.batch_size == turn.batch_size  # fmt: skip
+            learners[turn.model] = kept if kept is not None and same_prior else \
+                Learner(turn.latency_ms, turn.batch_size)  # fmt: skip
+        self.learners = learners
+        self.view = view
+        self._apply_estimates()
+
+    def _apply_estimates(self) -> None:
+        self.view = GpuletPlanView(
+            self.view.duty_cycle_ms,
+            tuple(ModelTurn(t.model, t.batch_size, t.latency_ms, self.learners[t.model].estimate)
+                  for t in self.view.models),
+        )  # fmt: skip
+
+    def _refresh(self, now_ms: float) -> None:
+        """Age the samples (a model with none lately drifts back toward its profile)."""
+        if now_ms - self._refreshed_ms < REFRESH_MS:
+            return
+        self._refreshed_ms = now_ms
+        for learner in self.learners.values():
+            learner.refresh(now_ms)
+        self._apply_estimates()
+
+    def estimates(self) -> dict[str, dict[str, float | None]]:
+        """The learned figures per model, at its planned batch size (for /v1/cluster, metrics)."""
+        return {t.model: {"batch_size": t.batch_size, **t.learned.to_json(t.batch_size)}
+                for t in self.view.models}  # fmt: skip
+
+    def finish(self, pending: Pending, now_ms: float, budget_ms: float) -> Prediction:
+        """When `pending` would be answered if queued now, behind everything queued and
+        running, and why (`budget_ms`: its SLO, which bounds its batch)."""
+        if pending.model not in self.view.by_model:
+            return NOT_SERVED
+        self._refresh(now_ms)
+        return admission_finish(self.view, self.queued_by_model, pending, now_ms,
+                                self.busy_until_ms, budget_ms, idle=self.idle_at(now_ms),
+                                work_conserving=self.work_conserving)  # fmt: skip
 
     def idle_at(self, now_ms: float) -> bool:
-        return not self.queued_items and self.busy_until_ms <= now_ms
+        """Nothing queued and nothing running."""
+        return not self.queued_items and not self._predicted_ms
 
     def submit(self, entry: Entry) -> Awaitable[None] | None:
         """Queue `entry`; returns the send to await inline when it goes out alone at once."""
@@ -134,8 +190,8 @@ class GpuletQueue:
         self._wakeup.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        if self._sends:
-            await asyncio.gather(*self._sends, return_exceptions=True)
+        if self._sends or self._inline_sends:
+            await asyncio.gather(*self._sends, *self._inline_sends, return_exceptions=True)
 
     async def _loop(self) -> None:
         while not (self.closing and not self.entries):
@@ -161,10 +217,11 @@ class GpuletQueue:
         send) for its caller to await: one task fewer on the common path, and a cancelled
         caller can only lose its own request."""
         now_ms = self.clock() * 1000
+        self._refresh(now_ms)
         decision = decide(
             [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
-            self.busy_until_ms, self.slowdown,
-            may_send=len(self._predicted_ms) < MAX_BATCHES_IN_FLIGHT,
+            self.busy_until_ms, may_send=len(self._predicted_ms) < MAX_BATCHES_IN_FLIGHT,
+            running=len(self._predicted_ms), work_conserving=self.work_conserving,
         )  # fmt: skip
         for request_id in decision.drop:
             entry = self._take(request_id)
@@ -181,25 +238,32 @@ class GpuletQueue:
         batch = [self._take(request_id) for request_id in decision.dispatch]
         items = sum(e.pending.items for e in batch)
         turn = self.view.by_model[decision.model]
-        predicted_ms = turn.predict(items) * self.slowdown
+        # Sent to an idle worker, the batch is answered after its hop and compute; behind a
+        # running one, its compute follows that one's.
+        predicted_ms = turn.predict(items) + (0.0 if self._predicted_ms else turn.hop_ms(items))
         self.busy_until_ms = max(self.busy_until_ms, now_ms) + predicted_ms
         batch_no = next(self._batch_numbers)
         self._predicted_ms[batch_no] = predicted_ms
         self.turn = decision.next_turn
         self.inflight_items += items
+        alone = len(self._predicted_ms) == 1  # nothing else in flight: its round trip is its own
         if inline_for is not None and decision.dispatch == (inline_for,):
-            return SENT, self._send(decision.model, batch, items, batch_no)
-        task = asyncio.create_task(self._send(decision.model, batch, items, batch_no))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._inline_sends.add(done)
+            return SENT, self._send(decision.model, batch, items, batch_no, alone, done)
+        task = asyncio.create_task(self._send(decision.model, batch, items, batch_no, alone))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
         return SENT, None
 
-    def _learn_slowdown(self, model: str, items: int, compute_ms: object) -> None:
-        turn = self.view.by_model.get(model)
-        if turn is None or not isinstance(compute_ms, (int, float)) or compute_ms <= 0:
-            return
-        observed = compute_ms / turn.predict(items)
-        self.slowdown = max(1.0, self.slowdown + SLOWDOWN_WEIGHT * (observed - self.slowdown))
+    def _learn(
+        self, model: str, items: int, compute_ms: object, round_trip_ms: float | None
+    ) -> None:
+        learner = self.learners.get(model)
+        if learner is None or not isinstance(compute_ms, (int, float)) or compute_ms < 0:
+            return  # a reply without the worker's time teaches nothing
+        learner.record(items, float(compute_ms), round_trip_ms, self.clock() * 1000)
+        self._apply_estimates()
 
     def _take(self, request_id: str) -> Entry:
         entry = self.entries.pop(request_id)
@@ -214,7 +278,10 @@ class GpuletQueue:
             self._busy_ms += now_ms - self._busy_mark_ms
         self._busy_mark_ms = now_ms
 
-    async def _send(self, model: str, batch: list[Entry], items: int, batch_no: int) -> None:
+    async def _send(
+        self, model: str, batch: list[Entry], items: int, batch_no: int, alone: bool,
+        inline_done: asyncio.Future[None] | None = None,
+    ) -> None:  # fmt: skip
         self._busy_tick(self.clock() * 1000)
         self._batches_in_flight += 1
         try:
@@ -225,11 +292,15 @@ class GpuletQueue:
                 for name in batch[0].inputs
             }
             deadline_s = min(e.pending.deadline_ms for e in batch) / 1000
+            sent_s = self.clock()
             reply = await self.client.run(
                 self.route.agent_url, self.route.gpulet.gpulet_id, model, inputs,
-                deadline_s - self.clock(), batch[0].pending.request_id,
+                deadline_s - sent_s, batch[0].pending.request_id,
             )  # fmt: skip
-            self._learn_slowdown(model, items, reply.header.get("compute_ms"))
+            # Behind a running batch, the round trip holds its wait at the worker too: only a
+            # batch sent alone says what the hop costs.
+            round_trip_ms = (self.clock() - sent_s) * 1000 if alone else None
+            self._learn(model, items, reply.header.get("compute_ms"), round_trip_ms)
             offset = 0
             for entry in batch:
                 rows = entry.pending.items
@@ -261,6 +332,9 @@ class GpuletQueue:
             busy_ms, self._busy_ms = self._busy_ms, 0.0
             self.observer.batch_done(self.route.gpulet.gpulet_id, model, items, busy_ms, now_ms)
             self._wakeup.set()
+            if inline_done is not None:
+                self._inline_sends.discard(inline_done)
+                inline_done.set_result(None)
 
     def _fail_all(self, error: GpuletError) -> None:
         for request_id in list(self.entries):
@@ -274,10 +348,13 @@ class Dispatcher:
     """Admits, routes and queues requests; follows the routing table the control loop builds."""
 
     client: AgentClient
-    queue_limit_items: int
     retry_after_s: float
     views: Callable[[Route], GpuletPlanView]
     best_latency_ms: Callable[[str], float | None]
+    # Input bytes the router may hold in its queues and in flight; past it, 503 overloaded.
+    # Time is bounded by admission (predicted finish within the SLO), memory by this.
+    max_held_bytes: int = DEFAULT_MAX_HELD_BYTES
+    work_conserving: bool = True  # False: the duty-cycle rule (batching.decide)
     clock: Callable[[], float] = time.monotonic
     observer: DispatchObserver = field(default_factory=NoObserver)  # metrics, when served
     queues: dict[str, GpuletQueue] = field(default_factory=dict)
@@ -292,6 +369,7 @@ class Dispatcher:
     # (model unload answers once its requests are done).
     active: dict[str, int] = field(default_factory=dict)
     _idle: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    held_bytes: int = 0  # input bytes of the requests admitted and not yet answered
 
     def follow(self, table: RoutingTable) -> None:
         """Queues for the table's gpu-lets; queues of gpu-lets gone drain in the background.
@@ -305,14 +383,16 @@ class Dispatcher:
             route = wanted.get(gpulet_id)
             if route is not None and route.agent_url == queue.route.agent_url:
                 if route != queue.route:
-                    queue.route, queue.view = route, self.views(route)
+                    queue.route = route
+                    queue.set_view(self.views(route))
                 continue
             del self.queues[gpulet_id]
             self._drain(queue)
         for gpulet_id, route in wanted.items():
             if gpulet_id not in self.queues:
                 self.queues[gpulet_id] = GpuletQueue(route, self.views(route), self.client,
-                                                     self.clock, self.observer)  # fmt: skip
+                                                     self.clock, self.observer,
+                                                     self.work_conserving)  # fmt: skip
 
     def in_use(self) -> set[str]:
         """Gpu-lets that have a queue, or a queue still draining: not to be stopped yet."""
@@ -346,9 +426,10 @@ class Dispatcher:
         """Run one request; `received_ms` (monotonic) dates its arrival for the observer's
         latency (default: now)."""
         self.active[model] = self.active.get(model, 0) + 1
+        nbytes = sum(a.nbytes for a in inputs.values())
         try:
             return await self._submit(model, inputs, items, slo_ms, deadline_ms, request_id,
-                                      received_ms)  # fmt: skip
+                                      received_ms, nbytes)  # fmt: skip
         finally:
             self.active[model] -= 1
             if self.active[model] == 0:
@@ -359,7 +440,7 @@ class Dispatcher:
 
     async def _submit(
         self, model: str, inputs: dict[str, frames.Array], items: int, slo_ms: float,
-        deadline_ms: float, request_id: str, received_ms: float | None,
+        deadline_ms: float, request_id: str, received_ms: float | None, nbytes: int,
     ) -> Result:  # fmt: skip
         started_ms = self.clock() * 1000 if received_ms is None else received_ms
         queues = [self.queues[r.gpulet.gpulet_id] for r in self._routes.get(model, ())
@@ -368,11 +449,10 @@ class Dispatcher:
             self._answered(model, "unavailable", None, started_ms, slo_ms)
             raise Unavailable(f"no ready gpulet serves {model} yet; retry shortly", model=model,
                               retry_after_s=self.retry_after_s)  # fmt: skip
-        queued = sum(q.queued_items for q in queues)
         if model not in self._best_ms:
             self._best_ms[model] = self.best_latency_ms(model)
-        verdict = admit(model, slo_ms, self._best_ms[model], queued,
-                        self.queue_limit_items * len(queues), self.retry_after_s)  # fmt: skip
+        verdict = admit(model, slo_ms, self._best_ms[model], self.held_bytes, nbytes,
+                        self.max_held_bytes, self.retry_after_s)  # fmt: skip
         if verdict.verdict is not Verdict.OK:
             assert verdict.error is not None
             self._answered(model, verdict.error.code, None, started_ms, slo_ms)
@@ -386,25 +466,36 @@ class Dispatcher:
         # Once queued it may run until its deadline (slo x GPULET_DEADLINE_FACTOR): a little
         # drift then makes it late rather than dropped.
         admit_by_ms = min(deadline_ms, started_ms + slo_ms)
-        finish_ms = float("inf")
+        best = NOT_SERVED
         tried = []
         for candidate in ranked(loads):
             queue = self.queues[candidate]
             tried.append(queue)
-            remaining_ms = admit_by_ms - arrived_ms
-            finish_ms = min(finish_ms, queue.finish_ms(pending, arrived_ms, remaining_ms))
-            if finish_ms <= admit_by_ms:
+            prediction = queue.finish(pending, arrived_ms, admit_by_ms - arrived_ms)
+            if prediction.finish_ms < best.finish_ms:
+                best = prediction
+            if prediction.finish_ms <= admit_by_ms:
                 break
         else:
             self._answered(model, DeadlinePassed.code, None, started_ms, slo_ms)
-            raise _refusal(model, started_ms, arrived_ms, finish_ms, admit_by_ms,
+            raise _refusal(model, started_ms, arrived_ms, best, admit_by_ms,
                            busy=not all(q.idle_at(arrived_ms) for q in tried))  # fmt: skip
         gpulet_id = queue.route.gpulet.gpulet_id
         future: asyncio.Future[Answer]
         future = asyncio.get_running_loop().create_future()
-        inline = queue.submit(Entry(pending, inputs, future))
-        if inline is not None:
-            await inline  # sets `future`
+        self.held_bytes += nbytes
+        try:
+            inline = queue.submit(Entry(pending, inputs, future))
+            if inline is not None:
+                await inline  # sets `future`
+            return await self._answer(model, future, gpulet_id, started_ms, slo_ms, deadline_ms)
+        finally:
+            self.held_bytes -= nbytes
+
+    async def _answer(
+        self, model: str, future: asyncio.Future[Answer], gpulet_id: str, started_ms: float,
+        slo_ms: float, deadline_ms: float,
+    ) -> Result:  # fmt: skip
         try:
             # The queue answers every request by its deadline; this guard only keeps a stalled
             # queue (a bug) from hanging the client.
@@ -437,20 +528,27 @@ class Dispatcher:
 
 
 def _refusal(
-    model: str, started_ms: float, now_ms: float, finish_ms: float, admit_by_ms: float, busy: bool
+    model: str, started_ms: float, now_ms: float, prediction: Prediction, admit_by_ms: float,
+    busy: bool,
 ) -> DeadlinePassed:
-    """Why a request is refused at the door, in words that say what to change."""
+    """Why a request is refused at the door, in words that say what to change, with the
+    prediction it rests on."""
     budget_ms = admit_by_ms - started_ms
     details: dict[str, Any] = {"model": model, "slo_ms": round(budget_ms, 1)}
     if admit_by_ms <= now_ms:
         return DeadlinePassed(f"{model}: its deadline ({budget_ms:.0f} ms) passed before it "
                               "could be queued", **details)  # fmt: skip
-    details["predicted_ms"] = round(finish_ms - started_ms, 1)
+    details.update(prediction.details(started_ms))
+    finish_ms = prediction.finish_ms
     why = ("the model is overloaded: retry later or allow a longer SLO" if busy else
            "its batch alone takes longer: allow a longer SLO")  # fmt: skip
+    factor = "" if prediction.factor is None else f", learned x{prediction.factor:.2f} the profile"
     return DeadlinePassed(
         f"{model}: it would finish {finish_ms - started_ms:.0f} ms after it arrived, past its "
-        f"SLO ({budget_ms:.0f} ms); refused before queueing ({why})", **details,
+        f"SLO ({budget_ms:.0f} ms): {prediction.wait_ms:.0f} ms until the gpu-let is free + "
+        f"{prediction.ahead_ms:.0f} ms queued ahead + {prediction.own_ms:.0f} ms for its own "
+        f"batch of {prediction.own_items} (per batch {prediction.per_batch_ms:.1f} ms{factor}); "
+        f"refused before queueing ({why})", **details,
     )  # fmt: skip
 
 

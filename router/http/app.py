@@ -110,8 +110,9 @@ def create_app(
     observed = DispatchMetrics()  # what /metrics counts per request and batch
     dispatcher = Dispatcher(
         client,
-        queue_limit_items=settings.max_inflight_per_gpulet,
         retry_after_s=settings.retry_after_s,
+        max_held_bytes=settings.max_queued_bytes,
+        work_conserving=settings.batching == "work-conserving",
         views=lambda route: plan_view(route, controller.profile),
         best_latency_ms=lambda model: best_latency_ms(controller.profile, model),
         observer=observed,
@@ -241,12 +242,18 @@ def create_app(
         responses=error_responses(503),
     )
     async def cluster() -> Response:
+        def learned(gpulet: dict[str, Any]) -> dict[str, Any]:
+            """A gpu-let's status with what the dispatcher learned of its models' latency."""
+            queue = dispatcher.queues.get(str(gpulet.get("gpulet_id")))
+            return {**gpulet, "learned": queue.estimates() if queue is not None else {}}
+
         agents = await store.agents()
         statuses = await store.gpulet_statuses(a.agent_id for a in agents)
         placement = await store.placement()
         body = {
             "agents": [
-                {**a.to_json(), "gpulets": [g.to_json() for g in statuses.get(a.agent_id, [])]}
+                {**a.to_json(), "gpulets": [learned(g.to_json()) for g in
+                                            statuses.get(a.agent_id, [])]}  # fmt: skip
                 for a in agents
             ],
             "placement": placement.to_json() if placement else None,

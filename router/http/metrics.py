@@ -65,12 +65,19 @@ FAMILIES = {
     "gpulet_gpulet_planned_requests_per_second": "Rate the placement plans the gpu-let to serve",
     "gpulet_gpulet_queued_items": "Items waiting in the gpu-let's queue",
     "gpulet_gpulet_inflight_items": "Items sent to the gpu-let and not yet answered",
+    "gpulet_learned_latency_seconds": "What the dispatcher predicts for a batch of the model's "
+    "planned size on the gpu-let, learned from its answers: part=latency (sent to an idle "
+    "gpu-let, answered after), compute (the worker's time), hop (the rest of the round trip), "
+    "per_batch (the fixed part of both)",
+    "gpulet_learned_profile_factor": "Learned compute time / the profile's, at the planned batch "
+    "size (absent without a profile)",
     # the cluster
     "gpulet_replans_total": "Placements written, by reason (agents, rise, fall)",
     "gpulet_placement_version": "Version of the placement the router works to",
     "gpulet_placement_switching": "1 while models move to a new placement's gpu-lets",
     "gpulet_agents_up": "Agents with a live heartbeat, as the control loop last read them",
 }
+LEARNED_PARTS = ("latency", "compute", "hop", "per_batch")
 BUSY = "busy"  # the one key of a gpu-let's busy-time monitor
 US_PER_MS = 1000  # busy time is counted in whole µs, so a RateMonitor can smooth it
 
@@ -258,10 +265,19 @@ class ClusterCollector:
                 planned.add_metric((spec.gpulet_id, served_model.name), served_model.planned_rps)
         queued = _family(GaugeMetricFamily, "gpulet_gpulet_queued_items", "gpulet")
         in_flight = _family(GaugeMetricFamily, "gpulet_gpulet_inflight_items", "gpulet")
+        learned = _family(GaugeMetricFamily, "gpulet_learned_latency_seconds", "gpulet", "model",
+                          "part")  # fmt: skip
+        factor = _family(GaugeMetricFamily, "gpulet_learned_profile_factor", "gpulet", "model")
         for gpulet_id, queue in sorted(self.dispatcher.queues.items()):
             queued.add_metric((gpulet_id,), queue.queued_items)
             in_flight.add_metric((gpulet_id,), queue.inflight_items)
-        yield from (busy, ratio, served, served_rps, planned, queued, in_flight)
+            for model, figures in sorted(queue.estimates().items()):
+                for part in LEARNED_PARTS:
+                    learned.add_metric((gpulet_id, model, part),
+                                       (figures[f"{part}_ms"] or 0.0) / 1000)  # fmt: skip
+                if figures["factor"] is not None:
+                    factor.add_metric((gpulet_id, model), figures["factor"])
+        yield from (busy, ratio, served, served_rps, planned, queued, in_flight, learned, factor)
 
     def _cluster(self) -> Iterator[Metric]:
         controller = self.controller

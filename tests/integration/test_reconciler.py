@@ -65,7 +65,7 @@ async def router_factory(store: Store) -> AsyncIterator[Callable[..., Router]]:
         controller = Controller(store, client, SLOS_MS, 0.2, scheduler="gpulet+int",
                                 arrivals=arrivals, epoch_s=epoch_s)  # fmt: skip
         dispatcher = Dispatcher(
-            client, queue_limit_items=10_000, retry_after_s=1.0,
+            client, retry_after_s=1.0,
             views=lambda route: plan_view(route, controller.profile),
             best_latency_ms=lambda model: best_latency_ms(controller.profile, model),
         )  # fmt: skip

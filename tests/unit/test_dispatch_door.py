@@ -30,7 +30,7 @@ def view(route: Route) -> GpuletPlanView:
 @pytest.fixture
 async def door() -> AsyncIterator[tuple[Dispatcher, HeldClient]]:
     client = HeldClient()
-    dispatcher = Dispatcher(client, queue_limit_items=100, retry_after_s=1.0,  # type: ignore[arg-type]
+    dispatcher = Dispatcher(client, retry_after_s=1.0,  # type: ignore[arg-type]
                             views=view, best_latency_ms=lambda model: None,
                             clock=Clock())  # fmt: skip
     # g1 is planned for nearly all of m's rate, so routing prefers it while it keeps up.

@@ -39,7 +39,7 @@ class Recorder:
 async def setup() -> tuple[Dispatcher, HeldClient, Clock, Recorder]:
     client, clock, seen = HeldClient(), Clock(), Recorder()
     # No profile: batch 1, no batching window, so each request goes out alone at once.
-    dispatcher = Dispatcher(client, queue_limit_items=100, retry_after_s=1.0,  # type: ignore[arg-type]
+    dispatcher = Dispatcher(client, retry_after_s=1.0,  # type: ignore[arg-type]
                             views=lambda route: plan_view(route, None),
                             best_latency_ms=lambda model: None, clock=clock,
                             observer=seen)  # fmt: skip

@@ -12,9 +12,10 @@ from router.dispatch.batching import (
     GpuletPlanView,
     ModelTurn,
     Pending,
-    admission_finish_ms,
+    admission_finish,
     decide,
 )
+from router.dispatch.estimates import Learner
 from router.dispatch.weights import RouteLoad, pick, ranked
 
 pytestmark = pytest.mark.timeout(30)
@@ -85,14 +86,30 @@ def test_a_request_is_dropped_at_once_when_the_queue_ahead_makes_it_late() -> No
     assert decide(shared, 1.0, SHARED).drop == ("a-late",)
 
 
-def test_a_measured_slowdown_scales_every_prediction() -> None:
-    # At 30 ms with deadline 50: L̂(1) = 15 fits as predicted; at 1.5x (22.5 ms) it does not.
+def learned(turn: ModelTurn, scale: float, hop_ms: float = 0.0) -> ModelTurn:
+    """`turn` after many batches that ran `scale` x its prior, with `hop_ms` round trip on top."""
+    learner = Learner(turn.latency_ms, turn.batch_size)
+    for i in range(64):
+        items = 1 + i % len(turn.latency_ms)
+        compute = scale * turn.latency_ms[items - 1]
+        learner.record(items, compute, compute + hop_ms, now_ms=float(i))
+    return ModelTurn(turn.model, turn.batch_size, turn.latency_ms, learner.estimate)
+
+
+def test_learned_latency_replaces_the_prior_in_every_prediction() -> None:
+    # At 30 ms with deadline 50: L̂(1) = 15 fits as profiled; learned at 1.5x (~22.5) it does not.
+    slow = GpuletPlanView(40.0, (learned(A, 1.5),))
     queue = [req("r1", 0, 50)]
     assert decide(queue, 30.0, ONE, 0, 0.0).drop == ()
-    assert decide(queue, 30.0, ONE, 0, 0.0, slowdown=1.5).drop == ("r1",)
-    # The latest start moves earlier by the same factor: 50 - 22.5 - slack.
-    wake = decide(queue, 5.0, ONE, 0, 0.0, slowdown=1.5).wake_at_ms
-    assert wake == pytest.approx(50.0 - 22.5 - DISPATCH_SLACK_MS)
+    assert decide(queue, 30.0, slow, 0, 0.0).drop == ("r1",)
+    # The latest start moves earlier by the same amount: 50 - ~22.5 - slack (the prior still
+    # holds the fit back by a few per cent).
+    wake = decide(queue, 5.0, slow, 0, 0.0).wake_at_ms
+    assert wake == pytest.approx(50.0 - 22.5 - DISPATCH_SLACK_MS, rel=0.07)
+    # Faster than profiled counts too: nothing clamps a learned figure at the prior.
+    fast = GpuletPlanView(40.0, (learned(A, 0.5),))
+    assert fast.models[0].predict(1) < 0.6 * A.latency_ms[0]
+    assert decide([req("r1", 0, 50)], 40.0, fast, 0, 0.0).drop == ()
 
 
 def test_batch_shrinks_to_the_prefix_whose_deadlines_hold() -> None:
@@ -120,6 +137,35 @@ def test_shared_gpulet_models_take_turns() -> None:
     assert decide(queue, 40.0, SHARED, turn=1).model == "b"
 
 
+def test_work_conserving_an_idle_gpulet_sends_a_lone_request_at_once() -> None:
+    queue = [req("r1", 0, 500)]
+    # Duty-cycle rule: it waits for the window (0 + 40).
+    assert decide(queue, 1.0, ONE).wake_at_ms == 40.0
+    # Work-conserving: nothing running, so it goes now.
+    sent = decide(queue, 1.0, ONE, running=0, work_conserving=True)
+    assert (sent.model, sent.dispatch) == ("a", ("r1",))
+
+
+def test_work_conserving_a_busy_gpulet_lets_the_batch_grow_until_the_running_one_ends() -> None:
+    hop = 2.0
+    turn = learned(A, 1.0, hop_ms=hop)
+    view = GpuletPlanView(40.0, (turn,))
+    queue = [req("r1", 0, 500), req("r2", 1, 500)]
+    # One batch running until 30: wait until 30 - hop(2 items), not for the window (40).
+    waiting = decide(queue, 5.0, view, 0, 30.0, running=1, work_conserving=True)
+    assert waiting.model is None
+    assert waiting.wake_at_ms == pytest.approx(30.0 - turn.hop_ms(2))
+    due = decide(queue, 30.0 - turn.hop_ms(2), view, 0, 30.0, running=1, work_conserving=True)
+    assert due.dispatch == ("r1", "r2")
+    # A full batch still goes at once, to queue at the worker behind the running one.
+    full = [req(f"r{i}", 0, 500) for i in range(4)]
+    assert decide(full, 5.0, view, 0, 30.0, running=1, work_conserving=True).dispatch == (
+        "r0", "r1", "r2", "r3")
+    # The duty cycle still bounds the wait when the running batch overruns its prediction.
+    late = decide(queue, 40.0, view, 0, 90.0, running=1, work_conserving=True)
+    assert late.dispatch == ("r1", "r2")
+
+
 def test_a_worker_with_enough_batches_gets_no_more_but_drops_still_happen() -> None:
     full = [req(f"r{i}", 0, 500) for i in range(4)]
     held = decide([*full, req("late", 0, 20)], 10.0, ONE, 0, 10.0, may_send=False)
@@ -145,15 +191,34 @@ def test_a_worker_with_enough_batches_gets_no_more_but_drops_still_happen() -> N
 def test_admission_predicts_the_finish_behind_the_queue_with_headroom(
     queued: dict[str, int], budget: float, start: float, expected: float
 ) -> None:
-    finish = admission_finish_ms(SHARED, queued, req("new", 0, 500), start, 1.0, budget)
-    assert finish == pytest.approx(start + expected * (1 + ADMIT_HEADROOM))
-    # A measured slowdown stretches the work, not the start.
-    slow = admission_finish_ms(SHARED, queued, req("new", 0, 500), start, 2.0, float("inf"))
-    assert slow > start + 2 * expected
+    prediction = admission_finish(SHARED, queued, req("new", 0, 500), 0.0, start, budget)
+    assert prediction.finish_ms == pytest.approx(start + expected * (1 + ADMIT_HEADROOM))
+    assert prediction.wait_ms == start
+    assert prediction.ahead_ms + prediction.own_ms == pytest.approx(
+        expected * (1 + ADMIT_HEADROOM))
+    # Learned slower (2x): the work stretches, not the start.
+    slow_view = GpuletPlanView(40.0, (learned(A, 2.0), B))
+    slow = admission_finish(slow_view, queued, req("new", 0, 500), 0.0, start)
+    assert slow.finish_ms > start + 1.8 * expected
+    assert slow.factor == pytest.approx(2.0, rel=0.1)
+
+
+def test_an_idle_gpulet_admits_a_request_whose_profiled_latency_fits_its_slo() -> None:
+    # L̂(1) = 55 ms, SLO 60 ms: it fits alone, though not with the headroom (60.5) nor at the
+    # planned batch (L̂(4) = 100).
+    turn = ModelTurn("m", 4, (55.0, 70.0, 85.0, 100.0))
+    view = GpuletPlanView(200.0, (turn,))
+    request = Pending("r", "m", 1, 0.0, 120.0)
+    alone = admission_finish(view, {}, request, 0.0, 0.0, 60.0, idle=True, work_conserving=True)
+    assert alone.finish_ms == pytest.approx(55.0) and alone.idle
+    # The duty-cycle rule holds it for the window, so it judges with headroom: refused.
+    held = admission_finish(view, {}, request, 0.0, 0.0, 60.0, idle=True)
+    assert held.finish_ms > 60.0
 
 
 def test_admission_of_a_model_the_gpulet_does_not_serve_is_never() -> None:
-    assert admission_finish_ms(ONE, {}, req("x", 0, 500, model="zzz"), 0.0) == float("inf")
+    missing = admission_finish(ONE, {}, req("x", 0, 500, model="zzz"), 0.0)
+    assert missing.finish_ms == float("inf")
 
 
 def test_ranked_routes_start_with_the_pick() -> None:
@@ -168,19 +233,20 @@ def test_prediction_past_the_table_is_linear_not_optimistic() -> None:
 
 
 @pytest.mark.parametrize(
-    ("slo", "best", "queued", "verdict", "code"),
+    ("slo", "best", "held", "verdict", "code"),
     [
         (100.0, 20.0, 0, Verdict.OK, None),
         (100.0, None, 0, Verdict.OK, None),  # no profile: nothing to judge by
         (10.0, 20.0, 0, Verdict.NEVER, "slo_unattainable"),
-        (100.0, 20.0, 64, Verdict.LATER, "overloaded"),
-        (10.0, 20.0, 64, Verdict.NEVER, "slo_unattainable"),  # NEVER wins over LATER
+        (100.0, 20.0, 60, Verdict.LATER, "overloaded"),  # 60 held + 8 > 64 bytes
+        (100.0, 20.0, 56, Verdict.OK, None),  # 56 + 8 fits
+        (10.0, 20.0, 60, Verdict.NEVER, "slo_unattainable"),  # NEVER wins over LATER
     ],
 )
 def test_admission(
-    slo: float, best: float | None, queued: int, verdict: Verdict, code: str | None
+    slo: float, best: float | None, held: int, verdict: Verdict, code: str | None
 ) -> None:
-    result = admit("m", slo, best, queued, 64, retry_after_s=1.0)
+    result = admit("m", slo, best, held, 8, 64, retry_after_s=1.0)
     assert result.verdict is verdict
     if code is None:
         assert result.error is None
@@ -191,6 +257,7 @@ def test_admission(
             assert result.error.status == 422 and body["best_achievable_ms"] == best
         else:
             assert result.error.status == 503 and body["limit"] == 64
+            assert body["held_bytes"] == held and body["request_bytes"] == 8
             assert result.error.retry_after_s == 1.0
 
 
@@ -218,6 +285,11 @@ def test_pick_shares_in_proportion_over_time() -> None:
         outstanding[chosen] += 1
         sent[chosen] += 1
     assert sent == {"g1": 100, "g2": 300}
+
+
+def test_a_request_larger_than_the_byte_limit_alone_is_still_admitted() -> None:
+    # The body limit (413) bounds one request; the byte limit bounds what piles up behind it.
+    assert admit("m", 100.0, None, 0, 1 << 20, 64, retry_after_s=1.0).verdict is Verdict.OK
 
 
 def test_pick_needs_a_route() -> None:

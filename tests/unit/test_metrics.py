@@ -76,11 +76,12 @@ async def router() -> AsyncIterator[Router]:
         controller.record(event)
     # g1 is ready, g2 is not: n has no route.
     controller.table = build_table(controller.target, {"a": "http://agent"}, {"g1"})
-    # A batch of 4 goes when full; the window is too long to ever end a batch here.
+    # A batch of 4 goes when full (the duty-cycle rule); the window is too long to ever end a
+    # batch here.
     view = GpuletPlanView(1e9, (ModelTurn("m", BATCH, (0.0,)),))
-    dispatcher = Dispatcher(client, queue_limit_items=100, retry_after_s=1.0,  # type: ignore[arg-type]
+    dispatcher = Dispatcher(client, retry_after_s=1.0,  # type: ignore[arg-type]
                             views=lambda route: view, best_latency_ms=lambda model: None,
-                            clock=clock, observer=observed)  # fmt: skip
+                            work_conserving=False, clock=clock, observer=observed)  # fmt: skip
     dispatcher.follow(controller.table)
     collector = ClusterCollector(observed, controller, dispatcher, arrivals, clock)
     yield Router(controller, dispatcher, arrivals, client, clock, collector)
