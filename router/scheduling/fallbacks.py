@@ -151,8 +151,21 @@ def join(
     planner: Planner, state: DeviceState, slot: Slot, demand: ModelDemand, rate: float
 ) -> float:
     top = min(planner.config.max_batch, int(slot.duty_ms * rate / 1000))
-    for batch in range(top, 0, -1):
-        duty = 1000 * batch / rate
+    candidates = [(batch, 1000 * batch / rate) for batch in range(top, 0, -1)]
+    if not candidates:
+        # A rate too low to fill one batch a cycle: its batch of 1 takes a turn every cycle,
+        # on a cycle short enough that one cycle's wait plus every tenant's batch fits each
+        # tenant's SLO (Σ L̂ + d ≤ SLO_j, as _evaluate_shared checks).
+        latency = planner.perf.estimate_ms(demand.model, 1, slot.size)
+        if latency is None:
+            return 0.0
+        work_ms = latency + sum(t.latency_ms for t in slot.tenants)
+        tightest_ms = min(demand.slo_ms, *(t.demand.slo_ms for t in slot.tenants))
+        duty = min(slot.duty_ms, tightest_ms - work_ms)
+        if duty < work_ms:  # the cycle must hold every tenant's batch (occupancy ≤ 1)
+            return 0.0
+        candidates = [(1, duty)]
+    for batch, duty in candidates:
         latency = planner.perf.estimate_ms(demand.model, batch, slot.size)
         if latency is None or duty > slot.duty_ms:
             continue

@@ -37,20 +37,30 @@ def test_predictions_match_the_planners_bounds(
     live = plan_live([sim_agent(devices)], PROFILE, slos, rates, "gpulet+int",
                      interference=NoInterference())  # fmt: skip
     assert live is not None and live.plan.feasible
-    planned = {
-        (g.device_id.split("/", 1)[1], g.size, m.name): (m.latency_ms, g.occupancy)
-        for g in live.plan.gpulets
-        for m in g.models
-    }
     predicted = predicted_gpulets(live.placement, PROFILE, slos, NoInterference())
     shared = [g for g in predicted if len(g["models"]) > 1]
     assert shared or rate_rps == 50.0  # the time-shared cases do share
-    for gpulet in predicted:
-        for model in gpulet["models"]:
-            worst_ms, occupancy = planned[(gpulet["device_id"], gpulet["size"], model["name"])]
-            assert model["worst_latency_ms"] == pytest.approx(worst_ms, abs=0.01)
-            assert model["worst_latency_ms"] <= model["slo_ms"]
-            assert gpulet["occupancy"] == pytest.approx(occupancy, abs=1e-3)
+    # Pair each predicted gpu-let with its planned one (two may share device, size and model,
+    # so compare them as sorted rows, not through a dictionary keyed on those).
+    def rows(items: list[tuple[str, float, tuple[tuple[str, float], ...], float]]) -> list:
+        return sorted(items, key=lambda r: (r[0], r[1], [m for m, _ in r[2]], r[3]))
+
+    got = rows([(g["device_id"], g["size"], tuple((m["name"], m["worst_latency_ms"])
+                                                  for m in g["models"]), g["occupancy"])
+                for g in predicted])  # fmt: skip
+    want = rows([(g.device_id.split("/", 1)[1], g.size,
+                  tuple((m.name, m.latency_ms) for m in g.models), g.occupancy)
+                 for g in live.plan.gpulets])  # fmt: skip
+    assert len(got) == len(want)
+    for (device, size, models_got, occupancy), (device_w, size_w, models_want, occupancy_w) in zip(
+        got, want, strict=True
+    ):
+        assert (device, size) == (device_w, size_w)
+        assert occupancy == pytest.approx(occupancy_w, abs=1e-3)
+        for (name, worst_ms), (name_w, worst_w) in zip(models_got, models_want, strict=True):
+            assert name == name_w
+            assert worst_ms == pytest.approx(worst_w, abs=0.01)
+            assert worst_ms <= slos[name]
 
 
 def test_without_a_profile_there_is_no_prediction() -> None:

@@ -1,0 +1,132 @@
+"""Every documented mode, end to end: each planner (`GPULET_SCHEDULER`) on real CPU workers, and
+`gpulet up --simulated`, `--scenario` and `--config`, each answering real requests at the
+models' default SLOs (what a user gets) with the right outputs."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from common.models import CATALOG
+from common.modelzoo.cache import onnx_path
+from tests.e2e.conftest import running
+from tests.support import http
+from tests.support.system import RunningSystem
+from tests.support.up import clean_env, gpulet_up
+
+# The first system on a fresh machine measures its CPU profile (~30 s) before it is ready.
+pytestmark = pytest.mark.timeout(300)
+# Planned on this machine's profile at their default SLOs (60 ms each): every planner finds a
+# plan of its own for them on 2 cores.
+MODELS = ("bert_mini", "mobilenet_v2")
+SMALL = ("noop", "lenet")  # the scenario and config tests set their SLOs themselves
+REQUESTS = 10
+SCHEDULERS = ("static", "temporal", "greedy", "gpulet", "gpulet+int", "ideal")
+
+
+def random_inputs(model: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def one(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        if dtype.startswith("int"):  # token ids and masks: small non-negative integers
+            return rng.integers(0, 2, shape).astype(dtype)
+        return rng.standard_normal(shape).astype(dtype)
+
+    return {t.name: one(t.dtype, (1, *t.item_shape)) for t in CATALOG[model].inputs}
+
+
+def as_b64(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {name: {"shape": list(a.shape), "dtype": a.dtype.name,
+                   "data": base64.b64encode(a.tobytes()).decode()}
+            for name, a in arrays.items()}  # fmt: skip
+
+
+def assert_serves_correct_outputs(url: str, model_dir: Path, models: tuple[str, ...]) -> None:
+    """REQUESTS requests per model at its default SLO: each 200, outputs as ONNX Runtime's own."""
+    rng = np.random.default_rng(7)
+    for model in models:
+        session = ort.InferenceSession(str(onnx_path(model_dir, model)))
+        for _ in range(REQUESTS):
+            inputs = random_inputs(model, rng)
+            answer = http.request("POST", f"{url}/v1/infer", orjson.dumps(
+                {"model": model, "inputs": as_b64(inputs)}))  # fmt: skip
+            assert answer.status == 200, (model, answer.body)
+            got = answer.body["outputs"]
+            for meta, expected in zip(session.get_outputs(), session.run(None, inputs),
+                                      strict=True):  # fmt: skip
+                out = got[meta.name]
+                data = np.frombuffer(base64.b64decode(out["data"]), out["dtype"])
+                np.testing.assert_allclose(data.reshape(out["shape"]), expected, rtol=1e-5,
+                                           atol=1e-5)  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=SCHEDULERS)
+def planned(request: pytest.FixtureRequest, redis_url: str,
+            model_dir: Path) -> Iterator[tuple[str, RunningSystem]]:  # fmt: skip
+    scheduler = str(request.param)
+    for system in running(redis_url, model_dir, models=MODELS,
+                          router_env={"GPULET_SCHEDULER": scheduler}):  # fmt: skip
+        yield scheduler, system
+
+
+def test_every_scheduler_serves_real_requests(
+    planned: tuple[str, RunningSystem], model_dir: Path
+) -> None:
+    scheduler, system = planned
+    plan = system.get("/v1/plan").body
+    assert plan["scheduler"] == scheduler
+    assert {m["name"] for g in plan["gpulets"] for m in g["models"]} == set(MODELS)
+    reasons = " ".join(system.get("/v1/cluster").body["placement"]["explanation"])
+    if scheduler != "static":  # the planner's own plan, not the static fallback
+        assert "static rule instead" not in reasons, reasons
+    assert_serves_correct_outputs(system.url, model_dir, MODELS)
+
+
+def test_up_simulated_serves_the_profiles_models() -> None:
+    with gpulet_up(["--simulated", "a100-class", "--devices", "2", "--models",
+                    "resnet50,vgg16"], clean_env()) as up:  # fmt: skip
+        for model in ("resnet50", "vgg16"):
+            for _ in range(REQUESTS):
+                answer = http.request("POST", f"{up.url}/v1/infer", orjson.dumps(
+                    {"model": model, "inputs": {"input": [[1.0], [2.0]]}}))  # fmt: skip
+                assert answer.status == 200, (model, answer.body)
+                assert answer.body["simulated"] is True
+                assert answer.body["outputs"]["output"] == [[0.0], [0.0]]
+
+
+def test_up_scenario_serves_its_models_at_its_slos(model_dir: Path, tmp_path: Path) -> None:
+    scenario = tmp_path / "cpu-small.toml"
+    scenario.write_text(
+        'name = "cpu-small"\ndescription = "two small models on one core"\n'
+        '[cluster]\nkind = "cpu"\ndevices = 1\n[rate]\nmode = "fixed"\n'
+        '[[models]]\nname = "noop"\nslo_ms = 20\nweight = 50\n'
+        '[[models]]\nname = "lenet"\nslo_ms = 25\nweight = 20\n'
+    )
+    env = clean_env({"GPULET_MODEL_DIR": str(model_dir)})
+    with gpulet_up(["--scenario", str(scenario)], env) as up:
+        served = {m["name"]: m for m in http.request("GET", f"{up.url}/v1/models").body["models"]}
+        assert {n: m["default_slo_ms"] for n, m in served.items()} == {"noop": 20, "lenet": 25}
+        cluster = http.request("GET", f"{up.url}/v1/cluster").body
+        assert [len(d["cores"]) for a in cluster["agents"] for d in a["devices"]] == [1]
+        assert_serves_correct_outputs(up.url, model_dir, SMALL)
+
+
+def test_up_config_serves_its_models_at_its_slos_and_rates(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text('[[models]]\nname = "noop"\nslo_ms = 30\nrate_rps = 100\n'
+                      '[[models]]\nname = "lenet"\nslo_ms = 40\nrate_rps = 20\n')  # fmt: skip
+    env = clean_env({"GPULET_MODEL_DIR": str(model_dir)})
+    with gpulet_up(["--config", str(config)], env) as up:
+        served = {m["name"]: m for m in http.request("GET", f"{up.url}/v1/models").body["models"]}
+        assert {n: m["default_slo_ms"] for n, m in served.items()} == {"noop": 30, "lenet": 40}
+        plan = http.request("GET", f"{up.url}/v1/plan").body
+        planned_rps = {m["name"]: m["planned_rps"] for g in plan["gpulets"] for m in g["models"]}
+        assert planned_rps.keys() == {"noop", "lenet"}
+        assert_serves_correct_outputs(up.url, model_dir, SMALL)
