@@ -95,6 +95,13 @@ class RouterSettings(CommonSettings):
         "lets the next batch grow until the running one ends; duty-cycle: a batch waits until "
         "full or until its oldest request has waited the planned duty cycle",
     )
+    router_backlog_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="inference requests in flight are capped at what the router's event loop "
+        "clears in this long, at its measured capacity (at least 64): the excess is answered "
+        "503 at once instead of waiting in the socket backlog",
+    )
     agent_connections: int = Field(default=256, ge=1, description="pooled connections per agent")
     reconcile_interval_s: float = Field(
         default=1.0, gt=0, description="how often the router checks agents and the placement"

@@ -32,6 +32,8 @@ from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
 from router.http import codec, oip, openapi
 from router.http.bodies import read_body
+from router.http.failure_log import FailureLog
+from router.http.inflight import Door, InflightLimiter
 from router.http.metrics import DispatchMetrics
 from router.http.openapi import error_responses
 from router.http.operator_routes import operator_routes
@@ -95,6 +97,7 @@ def create_app(
     settings: RouterSettings, *, store: Store, client: AgentClient | None = None
 ) -> FastAPI:
     models = served_models(settings)
+    failures = FailureLog(logger)
     client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
     arrivals = RateMonitor()
     controller = Controller(
@@ -143,7 +146,10 @@ def create_app(
         description="Multi-model inference under latency SLOs on gpu-lets.",
     )
     app.state.controller = controller
-    app.include_router(operator_routes(controller, dispatcher, arrivals, observed))
+    door = Door(settings.router_backlog_s, settings.retry_after_s)
+    app.state.door = door
+    app.add_middleware(InflightLimiter, door=door)
+    app.include_router(operator_routes(controller, dispatcher, arrivals, observed, door=door))
     app.include_router(oip.build_router(settings, models, dispatcher, controller, arrivals))
     # `models` is the served set, changed in place by model load/unload: /v1 and /v2 read it.
     app.include_router(
@@ -201,8 +207,7 @@ def create_app(
                 (received * 1000) + deadline_ms, request_id, received_ms=received * 1000,
             )  # fmt: skip
         except GpuletError as exc:
-            if exc.status >= 500:
-                logger.warning("request_id=%s %s: %s", request_id, exc.code, exc.message)
+            failures.failed(request_id, exc)
             return error_response(exc, request_id)
         except Exception:
             logger.exception("request_id=%s failed unexpectedly", request_id)

@@ -28,6 +28,7 @@ from router.control.rates import RateMonitor
 from router.control.replanning import planned_rates
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.observer import OK
+from router.http.inflight import Door
 
 # Latency buckets span the catalog's SLOs (5 ms .. 400 ms) times simulated time scales (x10)
 # up to GPULET_MAX_DEADLINE_MS (60 s).
@@ -76,6 +77,13 @@ FAMILIES = {
     "gpulet_placement_version": "Version of the placement the router works to",
     "gpulet_placement_switching": "1 while models move to a new placement's gpu-lets",
     "gpulet_agents_up": "Agents with a live heartbeat, as the control loop last read them",
+    # the router's own door (GPULET_ROUTER_BACKLOG_S)
+    "gpulet_router_in_flight_requests": "Inference requests the router holds now, from arrival "
+    "to answer",
+    "gpulet_router_capacity_requests_per_second": "Requests the router's event loop completes "
+    "per second of its CPU time, smoothed (0 before a measurement)",
+    "gpulet_router_refused_total": "Inference requests answered 503 at the door because the "
+    "router held as many as it clears in GPULET_ROUTER_BACKLOG_S",
 }
 LEARNED_PARTS = ("latency", "compute", "hop", "per_batch")
 BUSY = "busy"  # the one key of a gpu-let's busy-time monitor
@@ -188,12 +196,14 @@ class ClusterCollector:
         dispatcher: Dispatcher,
         arrivals: RateMonitor,
         clock: Callable[[], float],
+        door: Door | None = None,
     ) -> None:
         self.observed = observed
         self.controller = controller
         self.dispatcher = dispatcher
         self.arrivals = arrivals
         self.clock = clock
+        self.door = door
 
     def collect(self) -> Iterator[Metric]:
         now_ms = self.clock() * 1000
@@ -202,6 +212,7 @@ class ClusterCollector:
         yield from self._models(now_ms)
         yield from self._gpulets(now_ms)
         yield from self._cluster()
+        yield from self._door()
 
     def _requests(self) -> Iterator[Metric]:
         seen = self.observed
@@ -289,6 +300,22 @@ class ClusterCollector:
             ("gpulet_placement_version", float(controller.target.version)),
             ("gpulet_placement_switching", float(controller.switching)),
             ("gpulet_agents_up", float(len(controller.agents))),
+        ):
+            family = _family(GaugeMetricFamily, name)
+            family.add_metric((), value)
+            yield family
+
+
+    def _door(self) -> Iterator[Metric]:
+        door = self.door
+        if door is None:
+            return
+        refused = _family(CounterMetricFamily, "gpulet_router_refused_total")
+        refused.add_metric((), door.refused)
+        yield refused
+        for name, value in (
+            ("gpulet_router_in_flight_requests", float(door.in_flight)),
+            ("gpulet_router_capacity_requests_per_second", door.meter.capacity_rps or 0.0),
         ):
             family = _family(GaugeMetricFamily, name)
             family.add_metric((), value)

@@ -26,6 +26,7 @@ from router.control.rates import RateMonitor
 from router.dispatch.dispatcher import Dispatcher
 from router.http import codec, oip_codec
 from router.http.bodies import inflate, read_body
+from router.http.failure_log import FailureLog
 from router.http.openapi import (
     InferResponse,
     Live,
@@ -37,6 +38,7 @@ from router.http.openapi import (
 )
 
 logger = logging.getLogger(__name__)
+_failures = FailureLog(logger)
 
 PREFIX = "/v2"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -109,8 +111,8 @@ class OipRoute(APIRoute):
                 return await handler(request)
             except GpuletError as exc:
                 request_id = getattr(request.state, "request_id", None)
-                if exc.status >= 500 and request_id is not None:
-                    logger.warning("request_id=%s %s: %s", request_id, exc.code, exc.message)
+                if request_id is not None:
+                    _failures.failed(request_id, exc)
                 return error_response(exc, request_id)
             except RequestValidationError as exc:
                 return error_response(BadRequest(f"invalid request: {exc.errors()}"))

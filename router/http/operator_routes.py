@@ -22,6 +22,7 @@ from router.control.control import Controller
 from router.control.rates import RateMonitor
 from router.dispatch.dispatcher import Dispatcher
 from router.http import codec
+from router.http.inflight import Door
 from router.http.metrics import ClusterCollector, DispatchMetrics, metrics_registry
 from router.http.openapi import error_responses
 from router.scheduling.live_report import live_peak, predicted_gpulets
@@ -83,8 +84,10 @@ def operator_routes(
     arrivals: RateMonitor,
     observed: DispatchMetrics,
     clock: Callable[[], float] = time.monotonic,
+    door: Door | None = None,
 ) -> APIRouter:
-    registry = metrics_registry(ClusterCollector(observed, controller, dispatcher, arrivals, clock))
+    registry = metrics_registry(ClusterCollector(observed, controller, dispatcher, arrivals, clock,
+                                                 door))  # fmt: skip
     peaks = PeakCache()
     routes = APIRouter()
 

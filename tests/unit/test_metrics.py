@@ -21,6 +21,7 @@ from router.control.rates import EWMA_WEIGHT, RateMonitor
 from router.dispatch.batching import GpuletPlanView, ModelTurn
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.routing import build_table
+from router.http.inflight import Door
 from router.http.metrics import (
     FAMILIES,
     Buckets,
@@ -83,7 +84,8 @@ async def router() -> AsyncIterator[Router]:
                             views=lambda route: view, best_latency_ms=lambda model: None,
                             work_conserving=False, clock=clock, observer=observed)  # fmt: skip
     dispatcher.follow(controller.table)
-    collector = ClusterCollector(observed, controller, dispatcher, arrivals, clock)
+    collector = ClusterCollector(observed, controller, dispatcher, arrivals, clock,
+                                 Door(backlog_s=0.5, retry_after_s=1.0))
     yield Router(controller, dispatcher, arrivals, client, clock, collector)
     await dispatcher.close()
 
