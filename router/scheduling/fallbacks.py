@@ -151,6 +151,8 @@ def join(
     planner: Planner, state: DeviceState, slot: Slot, demand: ModelDemand, rate: float
 ) -> float:
     top = min(planner.config.max_batch, int(slot.duty_ms * rate / 1000))
+    if top < 1:
+        return join_slow(planner, state, slot, demand, rate)
     for batch in range(top, 0, -1):
         duty = 1000 * batch / rate
         latency = planner.perf.estimate_ms(demand.model, batch, slot.size)
@@ -158,18 +160,45 @@ def join(
             continue
         # d + L̂ < SLO and the new batch fits in the slot's spare share of the cycle.
         if duty + latency < demand.slo_ms and latency / duty < 1 - slot.occupancy():
-            if not planner.memory_fits(state, demand, new_process=False):
-                return 0.0
-            snapshot = planner.snapshot(state)
-            old_duty = slot.duty_ms
-            tenant = Tenant(demand, batch, rate, False)
-            slot.tenants.append(tenant)
-            slot.duty_ms = duty
-            if evaluate_device(state, planner.perf, planner.interference) is None:
-                return tenant.rate_rps
-            slot.tenants.remove(tenant)
-            slot.duty_ms = old_duty
-            planner.restore(state, snapshot)
-            evaluate_device(state, planner.perf, planner.interference)
-            return 0.0
+            return admit(planner, state, slot, Tenant(demand, batch, rate, False), duty)
+    return 0.0
+
+
+# Below the SLO by this much, so that rounding never breaks the bound the cycle was cut to.
+SLO_TOLERANCE_MS = 1e-6
+
+
+def join_slow(
+    planner: Planner, state: DeviceState, slot: Slot, demand: ModelDemand, rate: float
+) -> float:
+    """A rate too low to fill one batch within the slot's cycle (perf.residual's corner case):
+    batch 1 in every cycle, the cycle cut where needed so that every tenant still meets its
+    SLO with the newcomer's batch in it, Σ L̂ + d ≤ min SLO. It then serves up to 1000/d
+    req/s, more than asked; the others keep their rates on a shorter cycle."""
+    latency = planner.perf.estimate_ms(demand.model, 1, slot.size)
+    if latency is None:
+        return 0.0
+    busy_ms = sum(t.latency_ms for t in slot.tenants) + latency
+    tightest_ms = min([t.demand.slo_ms for t in slot.tenants] + [demand.slo_ms])
+    duty = min(slot.duty_ms, tightest_ms - busy_ms - SLO_TOLERANCE_MS)
+    if duty < busy_ms:  # the batches would not fit in one cycle: occupancy > 1
+        return 0.0
+    return admit(planner, state, slot, Tenant(demand, 1, rate, False), duty)
+
+
+def admit(planner: Planner, state: DeviceState, slot: Slot, tenant: Tenant, duty: float) -> float:
+    """Add `tenant` on a cycle of `duty` if memory and every SLO on the device allow it (the
+    rate it takes), else leave the device as it was (0)."""
+    if not planner.memory_fits(state, tenant.demand, new_process=False):
+        return 0.0
+    snapshot = planner.snapshot(state)
+    old_duty = slot.duty_ms
+    slot.tenants.append(tenant)
+    slot.duty_ms = duty
+    if evaluate_device(state, planner.perf, planner.interference) is None:
+        return tenant.rate_rps
+    slot.tenants.remove(tenant)
+    slot.duty_ms = old_duty
+    planner.restore(state, snapshot)
+    evaluate_device(state, planner.perf, planner.interference)
     return 0.0

@@ -37,20 +37,20 @@ def test_predictions_match_the_planners_bounds(
     live = plan_live([sim_agent(devices)], PROFILE, slos, rates, "gpulet+int",
                      interference=NoInterference())  # fmt: skip
     assert live is not None and live.plan.feasible
-    planned = {
-        (g.device_id.split("/", 1)[1], g.size, m.name): (m.latency_ms, g.occupancy)
-        for g in live.plan.gpulets
-        for m in g.models
-    }
     predicted = predicted_gpulets(live.placement, PROFILE, slos, NoInterference())
     shared = [g for g in predicted if len(g["models"]) > 1]
     assert shared or rate_rps == 50.0  # the time-shared cases do share
-    for gpulet in predicted:
-        for model in gpulet["models"]:
-            worst_ms, occupancy = planned[(gpulet["device_id"], gpulet["size"], model["name"])]
-            assert model["worst_latency_ms"] == pytest.approx(worst_ms, abs=0.01)
+    # Gpu-let by gpu-let, in the placement's order (by device, larger first; stable): a device
+    # may hold two gpu-lets of one size and model, so (device, size, model) names none.
+    planned = sorted(live.plan.gpulets, key=lambda g: (g.device_id, -g.size))
+    for plan_gpulet, gpulet in zip(planned, predicted, strict=True):
+        assert (plan_gpulet.device_id.split("/", 1)[1], plan_gpulet.size) == \
+            (gpulet["device_id"], gpulet["size"])  # fmt: skip
+        assert gpulet["occupancy"] == pytest.approx(plan_gpulet.occupancy, abs=1e-3)
+        for plan_model, model in zip(plan_gpulet.models, gpulet["models"], strict=True):
+            assert model["name"] == plan_model.name
+            assert model["worst_latency_ms"] == pytest.approx(plan_model.latency_ms, abs=0.01)
             assert model["worst_latency_ms"] <= model["slo_ms"]
-            assert gpulet["occupancy"] == pytest.approx(occupancy, abs=1e-3)
 
 
 def test_without_a_profile_there_is_no_prediction() -> None:
