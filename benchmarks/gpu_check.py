@@ -1,11 +1,11 @@
 """Check gpulet on a real NVIDIA GPU host in one command, in under 8 minutes, and keep what it
 learns: `python benchmarks/gpu_check.py [--out DIR]` (default $OUT if set, else a temp folder).
 
-Steps, in order, each with its own time budget (seconds; --budgets env=40,... overrides) and
+Steps, in order, each with its own time budget (seconds; --budgets env=70,... overrides) and
 its own failure: a step that fails or runs out of time is recorded with its error and the
-next one runs. Whatever is left of the total (--total-s, 420) caps each step's budget.
+next one runs. Whatever is left of the total (--total-s, 450) caps each step's budget.
 
-  env       (40)  probe.py: GPU, driver, MIG mode, nvidia-cuda-mps-control and whether a daemon
+  env       (70)  probe.py: GPU, driver, MIG mode, nvidia-cuda-mps-control and whether a daemon
                   starts in a private pipe directory and serves a CUDA client (50 %), torch and
                   CUDA, onnxruntime's providers, gpulet's modules; nvidia-smi's own output.
                   Decides the sharing: MPS, or time-sliced whole GPUs (and says why).
@@ -27,7 +27,7 @@ run, a warm-up and 5 timed runs (RunBudget), well under a second even for resnet
 on 20 % of an H200; the cost is the 6 measuring processes (one per size: torch import, CUDA
 context under MPS, 4 nets built), about 10-15 s each. The pairs come last and stop starting at
 --max-seconds = budget - 35 s (the last pair's two processes and the writing), so a slow GPU
-gets fewer pairs, never a lost profile. Budgets sum to 410 s; the total is 420 s (7 min).
+gets fewer pairs, never a lost profile. Budgets sum to 440 s; the total is 450 s (7.5 min).
 
 Output: summary.md (printed at the end) and summary.json, rewritten after every step; the
 profile files; logs.tar.gz holding every step's log (the device tool returns at most 8 files).
@@ -40,15 +40,16 @@ tests/integration/test_gpu_check.py runs it so.
 
 On the device (the lead's session; device README): first, here, `benchmarks/gpu_wheels.sh`
 (the wheels the device lacks, into the git-ignored .device-wheels/; it prints this same
-command on one line), then the run tool with carry [".device-wheels"], timeout_s 450 and
+command on one line), then the run tool with carry [".device-wheels"], timeout_s 480 and
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --target /tmp/site .device-wheels/*.whl && export PYTHONPATH=/tmp/site && \
       PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT
 (--target and --no-deps as the device README says: the wheels hold exactly what the image
 lacks, and pip's resolver, looking at the image's own packages, would stop the whole install
-on one it judged too old). That takes about 8.5 minutes of the 15 with the machine's start. A
-rerun of only what failed (after a fix here) fits in what is left: the same command ending in
-`--only env,profile,e2e --total-s 200`, with timeout_s 230 (env decides the sharing).
+on one it judged too old). That takes about 9.5 minutes of the 15 with the machine's start. A
+rerun of only what failed (after a fix here) fits in what is left, a fresh start included: the
+same command ending in e.g. `--only env,e2e --total-s 150` (env decides the sharing, so keep
+it), with timeout_s 170.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ from gpu_check_steps.runner import FAILED, OK, SKIPPED, Context, StepResult  # n
 from gpu_check_steps.summary import STEP_ORDER, pack_logs, write_summary  # noqa: E402
 from gpu_check_steps.tests_step import run_pytest  # noqa: E402
 
-TOTAL_S = 420.0
-BUDGETS_S = {"env": 40.0, "pytest": 90.0, "profile": 165.0, "e2e": 115.0,
+TOTAL_S = 450.0
+BUDGETS_S = {"env": 70.0, "pytest": 90.0, "profile": 165.0, "e2e": 115.0,
              "fallback_profile": 70.0, "fallback_e2e": 115.0}  # fmt: skip
 MIN_STEP_S = 20.0  # a step is skipped, not started, with less than this left of the total
 FINISH_RESERVE_S = 5.0  # the summary and the packing of the logs

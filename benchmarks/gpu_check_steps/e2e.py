@@ -30,6 +30,7 @@ from .runner import (
     FAILED,
     OK,
     REPO_ROOT,
+    SKIPPED,
     Context,
     StepResult,
     end_group,
@@ -45,6 +46,7 @@ STOP_TIMEOUT_S = 20.0  # `gpulet up` stopping everything after Ctrl-C
 PEAK_TIMEOUT_S = 60.0  # a peak search takes a second or more
 POLL_S = 0.5
 HTTP_TIMEOUT_S = 10.0
+MIN_READY_S = 20.0  # for the system to start and its gpu-lets to load, at the least
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,11 @@ def nvidia_agent_env(
 
 
 def run_e2e(ctx: Context, budget_s: float, ask: E2eAsk) -> StepResult:
+    needed_s = MIN_READY_S + ask.duration_s + LOADGEN_SLACK_S + STOP_TIMEOUT_S
+    if budget_s < needed_s:
+        why = (f"{budget_s:.0f} s left for it; a {ask.duration_s:g} s load needs "
+               f"{needed_s:.0f} s with start-up and stop")  # fmt: skip
+        return StepResult(ask.step, SKIPPED, why)
     started = time.monotonic()
     deadline = started + budget_s
     up_log = ctx.logs / f"{ask.step}-up.log"

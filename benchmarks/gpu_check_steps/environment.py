@@ -15,7 +15,7 @@ from .runner import FAILED, OK, Context, StepResult, run_logged, stop_left_daemo
 PROBE = "benchmarks/gpu_check_steps/probe.py"
 SMI_QUERY = ("--query-gpu=name,driver_version,memory.total,mig.mode.current,compute_mode,"
              "clocks.sm,clocks.max.sm", "--format=csv")  # fmt: skip
-SMI_TIMEOUT_S = 20.0
+SMI_TIMEOUT_S = 10.0  # each nvidia-smi call; the probe gets the budget less two of these
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def run_env(ctx: Context, budget_s: float) -> StepResult:
     dirs = ctx.mps_env("env")
     args = [sys.executable, PROBE, "--pipe-dir", dirs["GPULET_MPS_PIPE_DIR"],
             "--log-dir", dirs["GPULET_MPS_LOG_DIR"]]  # fmt: skip
-    done = run_logged(args, ctx.env, probe_log, budget_s - SMI_TIMEOUT_S, stdout=facts_path)
+    done = run_logged(args, ctx.env, probe_log, budget_s - 2 * SMI_TIMEOUT_S, stdout=facts_path)
     left = stop_left_daemon(ctx, "env")
     smi = _smi(ctx)
     logs = [ctx.rel(p) for p in (probe_log, facts_path, *smi)]

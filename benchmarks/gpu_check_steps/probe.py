@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CLIENT_TIMEOUT_S = 60.0  # torch's import and a CUDA context (first time: a few seconds)
+# torch's first import and a CUDA context (a few seconds each); the two clients and the rest
+# must fit the env step's budget less nvidia-smi's share (70 - 20 s).
+CLIENT_TIMEOUT_S = 20.0
 CLIENT_PCT = 50  # the share the MPS client probe runs at
 # Imports gpulet's processes and tests/gpu make (the carried wheels must bring the missing).
 MODULES = ("fastapi", "starlette", "pydantic", "pydantic_settings", "uvicorn", "redis",
@@ -36,13 +38,16 @@ DISTRIBUTIONS = ("torch", "nvidia-ml-py", "onnxruntime", "numpy", "typing-extens
 # product, and the SM count CUDA reports, which MPS lowers to the client's share.
 CLIENT = """
 import json, torch
+versions = {"version": torch.__version__, "cuda": torch.version.cuda}
 if not torch.cuda.is_available():
-    print(json.dumps({"ok": False, "why": f"torch {torch.__version__} sees no CUDA device"}))
+    why = f"torch {torch.__version__} sees no CUDA device"
+    print(json.dumps({"ok": False, "why": why, **versions}))
     raise SystemExit(0)
 x = torch.randn(2048, 2048, device="cuda")
 value = float((x @ x).sum().item())
 props = torch.cuda.get_device_properties(0)
-print(json.dumps({"ok": True, "device": props.name, "sm_count": props.multi_processor_count}))
+print(json.dumps({"ok": True, "device": props.name, "sm_count": props.multi_processor_count,
+                  **versions}))
 """
 
 
@@ -55,9 +60,14 @@ def main() -> int:
     facts["modules_missing"] = _unimportable()
     facts["versions"] = {name: _version(name) for name in DISTRIBUTIONS}
     facts.update(_gpus())
-    facts.update(_torch())
     facts["onnxruntime"] = _onnxruntime()
-    facts["cuda_plain"] = _client({}) if facts["torch"]["installed"] else _no_torch()
+    installed = importlib.util.find_spec("torch") is not None
+    # One process for torch's versions and a CUDA client without MPS: torch's first import
+    # costs seconds, and MPS settings are read once, when CUDA starts, so MPS needs another.
+    plain = _client({}) if installed else _no_torch()
+    facts["cuda_plain"] = plain
+    facts["torch"] = {"installed": installed, "version": plain.get("version"),
+                      "cuda": plain.get("cuda")}  # fmt: skip
     facts["mps"] = _mps(facts, args.pipe_dir, args.log_dir)
     print(json.dumps(facts))
     return 0
@@ -103,19 +113,6 @@ def _gpus() -> dict[str, Any]:
                "compute_capability": g.compute_capability_text, "mig_enabled": g.mig_enabled,
                "mig_instances": [m.profile for m in g.mig]} for g in gpus]  # fmt: skip
     return {"gpus": listed, "gpu_source": source, "gpu_error": None, "driver": driver}
-
-
-def _torch() -> dict[str, Any]:
-    if importlib.util.find_spec("torch") is None:
-        return {"torch": {"installed": False}}
-    # Versions only: importing torch here would not start CUDA, but the client probes do that,
-    # each in a process of its own (MPS settings are read once, when CUDA starts).
-    code = "import json, torch; print(json.dumps([torch.__version__, torch.version.cuda]))"
-    done = _python(code, {})
-    if done is None or done.returncode != 0:
-        return {"torch": {"installed": True, "error": _said(done)}}
-    version, cuda = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"torch": {"installed": True, "version": version, "cuda": cuda}}
 
 
 def _onnxruntime() -> dict[str, Any]:

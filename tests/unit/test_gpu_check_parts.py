@@ -3,14 +3,15 @@ time-sliced fallback runs, when waiting for gpu-lets is over, and a profile's fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.gpu_check_steps.e2e import failing_gpulets
+from benchmarks.gpu_check_steps.e2e import E2eAsk, failing_gpulets, run_e2e
 from benchmarks.gpu_check_steps.environment import Sharing, decide_sharing, fallback_skip_reason
 from benchmarks.gpu_check_steps.profile_step import profile_figures
-from benchmarks.gpu_check_steps.runner import StepResult
+from benchmarks.gpu_check_steps.runner import Context, StepResult
 from benchmarks.gpu_check_steps.tests_step import judge, parse_pytest
 
 pytestmark = pytest.mark.timeout(30)
@@ -112,6 +113,15 @@ def test_waiting_for_gpulets_ends_when_every_one_not_ready_keeps_failing() -> No
     assert failing_gpulets(cluster(failed, starting)) is None  # g2 may still come up
     assert failing_gpulets(cluster(first_try)) is None  # one failure may be a fluke
     assert failing_gpulets(cluster()) is None and failing_gpulets(None) is None
+
+
+def test_an_e2e_run_without_the_time_it_needs_is_skipped_before_it_starts(tmp_path: Path) -> None:
+    ctx = Context(tmp_path, tmp_path / "logs", {}, tmp_path, False)
+    ask = E2eAsk("e2e", {"noop": 10.0}, {}, None, duration_s=30.0, max_rps=10.0)
+    result = run_e2e(ctx, 60.0, ask)
+    assert (result.status, result.reason) == (
+        "skipped", "60 s left for it; a 30 s load needs 85 s with start-up and stop")
+    assert list(tmp_path.iterdir()) == []  # nothing was started, nothing written
 
 
 def test_profile_figures_count_what_was_written_and_the_mps_slowdown() -> None:
