@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 RUN_TIMEOUT_S = 240.0
 ENGINE_MISSING = "sees no CUDA device"  # torch's CPU build, as the test install brings
+GIVEN_UP = re.compile(r"gpu-lets keep failing|model \w+ failed to load")
 # The device tool brings back at most 8 files from $OUT.
 DEVICE_MAX_FILES = 8
 
@@ -92,12 +94,13 @@ def test_with_mps_every_step_runs_and_what_needs_cuda_says_so(tmp_path: Path) ->
     assert ENGINE_MISSING in profile["reason"]
     assert "--sizes 20,40,50,60,80,100 --pairs 6 --name h200" in profile["figures"]["command"]
     e2e = steps["e2e"]
-    assert e2e["status"] == "failed" and "gpu-lets keep failing" in e2e["reason"]
+    # Whichever sees it first: this step (a failed restart) or `gpulet up` (exits naming it).
+    assert e2e["status"] == "failed" and GIVEN_UP.search(e2e["reason"])
     assert ENGINE_MISSING in e2e["reason"]
     assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE='" in e2e["reason"]  # an MPS share, bound
     assert {d["sharing"] for d in e2e["figures"]["devices"]} == {"mps"}
-    # Ctrl-C before it was ready: `gpulet up` stops everything and exits 1 (not killed).
-    assert e2e["figures"]["stop"] == "gpulet up stopped, exit 1"
+    # `gpulet up` stopped everything itself (exit 1), or on our Ctrl-C: never killed.
+    assert e2e["figures"]["stop"] in ("gpulet up stopped, exit 1", "gpulet up had exited 1")
     for name in ("fallback_profile", "fallback_e2e"):
         assert steps[name]["status"] == "skipped" and steps[name]["reason"].startswith("MPS usable")
     files = sorted(p.name for p in out.iterdir())
@@ -124,7 +127,7 @@ def test_without_mps_the_whole_gpu_is_profiled_and_served_time_sliced(tmp_path: 
         in fallback["reason"]  # fmt: skip
     assert "--sizes 100 --pairs 0 --name h200-time-sliced" in fallback["figures"]["command"]
     served = steps["fallback_e2e"]
-    assert served["status"] == "failed" and "gpu-lets keep failing" in served["reason"]
+    assert served["status"] == "failed" and GIVEN_UP.search(served["reason"])
     # A whole-GPU gpu-let, no MPS share in its worker's environment.
     assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=None" in served["reason"]
     assert [(d["sharing"], d["sizes"]) for d in served["figures"]["devices"]] == \
