@@ -20,9 +20,9 @@ import orjson
 from agent.nvidia.engines import engine_installed, expected_engine
 from agent.nvidia.inventory import Inventory, build_inventory, needs_mps, parse_sizes, select_gpus
 from agent.nvidia.mps import MpsDaemon
-from agent.nvidia.nvml import GpuFacts, NvmlError, load_nvml, read_gpus
+from agent.nvidia.nvml import GpuFacts, NvmlError, driver_version, load_nvml, read_gpus
 from agent.nvidia.profile_grid import gpu_profile_key
-from agent.nvidia.smi import read_gpus_smi
+from agent.nvidia.smi import read_driver_smi, read_gpus_smi
 from agent.nvidia.worker_env import gpulet_env
 from agent.profiling.cache import cache_path, read_cached
 from agent.supervisor import Supervisor
@@ -54,6 +54,21 @@ def read_host_gpus() -> tuple[tuple[GpuFacts, ...], str]:
             raise NvmlError(f"{first}; {second}") from second
     try:
         return read_gpus(nvml), "NVML"
+    finally:
+        nvml.nvmlShutdown()
+
+
+def read_host_driver() -> str:
+    """The NVIDIA driver's version, from NVML else nvidia-smi. Raises NvmlError."""
+    try:
+        nvml = load_nvml()
+    except NvmlError as first:
+        try:
+            return read_driver_smi()
+        except NvmlError as second:
+            raise NvmlError(f"{first}; {second}") from second
+    try:
+        return driver_version(nvml)
     finally:
         nvml.nvmlShutdown()
 

@@ -53,6 +53,7 @@ class NvmlApi(Protocol):
 
     def nvmlInit(self) -> None: ...
     def nvmlShutdown(self) -> None: ...
+    def nvmlSystemGetDriverVersion(self) -> str | bytes: ...
     def nvmlDeviceGetCount(self) -> int: ...
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
     def nvmlDeviceGetName(self, handle: Any) -> str | bytes: ...
@@ -86,6 +87,14 @@ def read_gpus(nvml: NvmlApi) -> tuple[GpuFacts, ...]:
     """Every GPU NVML lists, with its MIG instances when MIG mode is on."""
     try:
         return tuple(_read_gpu(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
+    except nvml.NVMLError as exc:
+        raise NvmlError(f"NVML query failed: {exc}") from exc
+
+
+def driver_version(nvml: NvmlApi) -> str:
+    """The NVIDIA driver's version, e.g. "580.159.04" (what a measured profile names)."""
+    try:
+        return _text(nvml.nvmlSystemGetDriverVersion())
     except nvml.NVMLError as exc:
         raise NvmlError(f"NVML query failed: {exc}") from exc
 

@@ -1,6 +1,9 @@
 """`gpulet profile --nvidia`: measure one GPU's profile under real MPS partitions, write it in the
 shared/profiles format, and keep it where an nvidia agent finds it (Redis and the disk cache,
 under the key the agent advertises).
+
+Where MPS cannot be used, `--sizes 100` still measures whole-GPU (time-sliced) gpu-lets, which
+are all an agent offers there; smaller sizes need MPS, and asking for them says so.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 # Only the parser is built on every `gpulet` command: everything else loads when --nvidia runs.
 if TYPE_CHECKING:
     from agent.nvidia.nvml import GpuFacts
+    from agent.nvidia.profile_grid import PairResult
     from common.profiles import DeviceProfile
     from common.settings import AgentSettings
 
@@ -27,6 +31,9 @@ def add_arguments(profile: argparse.ArgumentParser) -> None:
     group.add_argument("--batches", default="1,2,4,8,16,32", help="batch sizes")
     group.add_argument("--pairs", type=int, default=6,
                        help="co-located pairs for the interference fit (0: none)")  # fmt: skip
+    group.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                       help="start no pair once S seconds have passed (the solo grid is always "
+                       "measured whole); default: no limit")  # fmt: skip
     group.add_argument("--name", default=None, help="profile name (default: from the GPU)")
     group.add_argument("--out", type=Path, default=Path("."),
                        help="folder for NAME.toml, NAME.csv, NAME-interference.csv")  # fmt: skip
@@ -44,35 +51,24 @@ def pick_gpu(gpus: tuple[GpuFacts, ...], wanted: str | None) -> GpuFacts:
 
 
 def run_nvidia_profile(args: argparse.Namespace) -> int:
-    import asyncio
-    import shlex
-    import socket
-    import sys
     import time
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from agent.nvidia.backend import mps_dirs, read_host_gpus
-    from agent.nvidia.inventory import parse_sizes
+    from agent.nvidia.inventory import WHOLE_GPU_PCT, parse_sizes
     from agent.nvidia.mps import MpsDaemon
     from agent.nvidia.nvml import NvmlError
-    from agent.nvidia.profile_grid import (
-        PairPoint,
-        PairResult,
-        assemble_profile,
-        default_name,
-        gpu_profile_key,
-        plan_gpu_request,
-        shared_files,
-        write_files,
-    )
+    from agent.nvidia.profile_grid import PairPoint, plan_gpu_request
     from agent.nvidia.profile_run import GpuTarget, Point, measure_pairs, measure_solo
     from agent.profiling.cache import parse_batches
+    from common.errors import BackendFailed
     from common.settings import AgentSettings
 
+    started = time.monotonic()
     settings = AgentSettings()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # one message, one line: logs and scripts read it
     try:
         gpus, source = read_host_gpus()
         gpu = pick_gpu(gpus, args.gpu or settings.nvidia_gpus)
@@ -85,12 +81,20 @@ def run_nvidia_profile(args: argparse.Namespace) -> int:
     pipe, log = mps_dirs(settings)
     daemon = MpsDaemon(pipe, log, (gpu.uuid,))
     state = daemon.ensure()
-    if not state.usable:
-        err.print(f"MPS {state.reason}: partitions cannot be measured without it")
+    env = {"CUDA_VISIBLE_DEVICES": gpu.uuid}
+    if state.usable:
+        env.update(daemon.env())
+        sharing = "MPS"
+    elif request.sizes == (WHOLE_GPU_PCT,):
+        # A whole GPU needs no MPS: it is what a time-sliced agent device offers.
+        sharing = f"time-sliced (whole GPU; MPS {state.reason})"
+    else:
+        err.print(f"MPS {state.reason}: partitions cannot be measured without it; "
+                  f"`--sizes {WHOLE_GPU_PCT:g}` measures whole-GPU (time-sliced) gpu-lets, "
+                  "all an agent offers without MPS")  # fmt: skip
         return 2
-    err.print(f"{gpu.name} ({gpu.uuid}, via {source}); MPS {state.reason}")
-    target = GpuTarget({"CUDA_VISIBLE_DEVICES": gpu.uuid, **daemon.env()}, settings.gpu_engine,
-                       settings.model_dir)  # fmt: skip
+    err.print(f"{gpu.name} ({gpu.uuid}, via {source}); {sharing}")
+    target = GpuTarget(env, settings.gpu_engine, settings.model_dir)
     bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=err)  # fmt: skip
     solo_task = bar.add_task("solo", total=request.total_points)
@@ -103,25 +107,71 @@ def run_nvidia_profile(args: argparse.Namespace) -> int:
     def paired(_: PairResult | None, pair: PairPoint) -> None:
         bar.update(pair_task, advance=1, description=f"{pair.model_a}+{pair.model_b}")
 
-    started = time.perf_counter()
+    deadline = None if args.max_seconds is None else started + args.max_seconds
     try:
         with bar:
             points, engine = measure_solo(request, target, shown)
-            pairs = measure_pairs(request, target, paired)
+            pairs = measure_pairs(request, target, paired, deadline=deadline)
+    except BackendFailed as exc:  # a measuring process failed or stalled: its words, no trace
+        err.print(f"gpulet profile --nvidia: measuring failed ({sharing}): {exc}")
+        return 1
     finally:
         daemon.stop()
-    command = "gpulet " + shlex.join(sys.argv[1:])
-    name = args.name or default_name(gpu)
-    source_note = f"measured by `{command}` on {socket.gethostname()}"
-    profile = assemble_profile(name, gpu, request.sizes, points, source_note)
-    written = write_files(args.out, shared_files(profile, pairs, gpu, engine, command))
-    key = gpu_profile_key(gpu, engine)
-    asyncio.run(_keep(settings, key, profile, gpu, engine, request.models))
-    err.print(f"{sum(len(v) for v in points.values())} points and {len(pairs)} pairs in "
-              f"{time.perf_counter() - started:.0f}s on {engine}; wrote "
-              f"{', '.join(str(p) for p in written)}; key {key}")  # fmt: skip
+    files, key, profile = _write(args, settings, gpu, sharing, request.sizes, request.models,
+                                 points, pairs, engine)  # fmt: skip
+    cut = (f" (stopped at --max-seconds {args.max_seconds:g})"
+           if len(pairs) < len(request.pairs) and deadline is not None
+           and time.monotonic() >= deadline else "")  # fmt: skip
+    err.print(f"{sum(len(v) for v in points.values())} points and {len(pairs)} of "
+              f"{len(request.pairs)} pairs{cut} in {time.monotonic() - started:.0f}s on "
+              f"{engine}; wrote {', '.join(str(p) for p in files)}; key {key}")  # fmt: skip
     _print_table(profile)
     return 0
+
+
+def _write(
+    args: argparse.Namespace,
+    settings: AgentSettings,
+    gpu: GpuFacts,
+    sharing: str,
+    sizes: tuple[float, ...],
+    models: tuple[str, ...],
+    points: dict[tuple[str, float], tuple[tuple[int, float], ...]],
+    pairs: list[PairResult],
+    engine: str,
+) -> tuple[list[Path], str, DeviceProfile]:
+    """The shared/profiles files (with their provenance), the disk cache and Redis."""
+    import asyncio
+    import shlex
+    import socket
+    import sys
+    from datetime import UTC, datetime
+
+    from agent.nvidia.backend import read_host_driver
+    from agent.nvidia.nvml import NvmlError
+    from agent.nvidia.profile_grid import (
+        Provenance,
+        assemble_profile,
+        default_name,
+        gpu_profile_key,
+        shared_files,
+        write_files,
+    )
+
+    try:
+        driver = read_host_driver()
+    except NvmlError as exc:
+        driver = f"unknown ({exc})"
+    command = "gpulet " + shlex.join(sys.argv[1:])
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    name = args.name or default_name(gpu)
+    profile = assemble_profile(name, gpu, sizes, points,
+                               f"measured by `{command}` on {socket.gethostname()}")  # fmt: skip
+    provenance = Provenance(command, engine, driver, when, sharing)
+    written = write_files(args.out, shared_files(profile, pairs, gpu, provenance))
+    key = gpu_profile_key(gpu, engine)
+    asyncio.run(_keep(settings, key, profile, gpu, engine, models))
+    return written, key, profile
 
 
 async def _keep(settings: AgentSettings, key: str, profile: DeviceProfile, gpu: GpuFacts,

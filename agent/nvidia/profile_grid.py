@@ -140,18 +140,30 @@ def assemble_profile(
     )
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a measured profile comes from, written at the head of each of its files."""
+
+    command: str  # exactly as typed
+    engine: str  # "torch-cuda" | "onnxruntime-cuda"
+    driver: str  # the NVIDIA driver's version, or why it is unknown
+    measured_at: str  # ISO 8601, UTC
+    sharing: str  # "MPS", or "time-sliced (whole GPU; MPS unusable: ...)"
+
+
 def shared_files(
     profile: DeviceProfile,
     pairs: Sequence[PairResult],
     gpu: GpuFacts,
-    engine: str,
-    command: str,
+    provenance: Provenance,
 ) -> dict[str, str]:
     """{file name: text} of the profile in the shared/profiles format."""
     name = profile.name
     about = (f"# Measured on {gpu.name} ({gpu.uuid}, compute capability "
-             f"{gpu.compute_capability_text}), engine {engine}, FP32.\n"
-             f"# Command: {command}\n")  # fmt: skip
+             f"{gpu.compute_capability_text}), driver {provenance.driver}, engine "
+             f"{provenance.engine}, FP32, partitions by {provenance.sharing}, at "
+             f"{provenance.measured_at}.\n"
+             f"# Command: {provenance.command}\n")  # fmt: skip
     toml = (
         f"# Device description for the measured profile {name}.csv (see README.md).\n{about}"
         f'name = "{name}"\nvendor = "nvidia"\n'
@@ -161,8 +173,8 @@ def shared_files(
         f'latency = "{name}.csv"\n'
     )
     latency = [
-        "# Solo latency of one batch on an MPS partition of size_pct % of the GPU "
-        "(CUDA_MPS_ACTIVE_THREAD_PERCENTAGE), median of the timed runs after warm-up.\n",
+        "# Solo latency of one batch on a partition of size_pct % of the GPU (under MPS: "
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE), median of the timed runs after warm-up.\n",
         about,
         "model,batch,size_pct,latency_ms\n",
     ]

@@ -158,12 +158,16 @@ def measure_pairs(
     target: GpuTarget,
     on_pair: Callable[[PairResult | None, PairPoint], None] | None = None,
     cancel: threading.Event | None = None,
+    deadline: float | None = None,
 ) -> list[PairResult]:
     """Each pair's two sides measured while both run; a pair whose window holds no whole run
-    of a side is left out (and reported to `on_pair` as None)."""
+    of a side is left out (and reported to `on_pair` as None). No pair starts once
+    time.monotonic() has passed `deadline`: those measured by then are the result."""
     cancel = cancel or threading.Event()
     results = []
     for pair in request.pairs:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         sides: list[_Child] = []
         try:
             for model, batch, size in ((pair.model_a, pair.batch_a, pair.size_a),
@@ -213,6 +217,16 @@ def _load(job: _Job, model: str, path: str) -> Any:
     return load_runner(config)
 
 
+def _log_failure(what: str, exc: Exception) -> None:
+    """No engine here is a plain fact the parent prints; anything else keeps its traceback."""
+    from agent.nvidia.engines import EngineUnavailable
+
+    if isinstance(exc, EngineUnavailable):
+        logger.debug("%s: %s", what, exc)
+    else:
+        logger.exception("%s", what)
+
+
 def _solo_main(conn: Connection, job: _Job) -> None:
     _prepare(job, f"profiler[{dict(job.env).get(PCT_VAR)}%]")
     size_env = os.environ.get(PCT_VAR, "")
@@ -221,7 +235,7 @@ def _solo_main(conn: Connection, job: _Job) -> None:
             _measure_model(conn, job, model, path, size_env)
         conn.send({"op": "done"})
     except Exception as exc:  # engines raise several types; the parent gets one message
-        logger.exception("GPU profiling failed")
+        _log_failure("GPU profiling failed", exc)
         conn.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
     finally:
         conn.close()
@@ -268,7 +282,7 @@ def _pair_main(conn: Connection, job: _Job) -> None:
                 latencies.append((ended - began) * 1000)
         conn.send({"op": "done", "latencies_ms": latencies})
     except Exception as exc:  # engines raise several types; the parent gets one message
-        logger.exception("GPU pair profiling failed")
+        _log_failure("GPU pair profiling failed", exc)
         conn.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
     finally:
         conn.close()

@@ -17,6 +17,7 @@ from agent.nvidia.nvml import GpuFacts, MigFacts, NvmlError
 QUERY_FIELDS = "index,uuid,name,memory.total,compute_cap,mig.mode.current"
 QUERY_ARGS = ("--query-gpu=" + QUERY_FIELDS, "--format=csv,noheader,nounits")
 LIST_ARGS = ("-L",)
+DRIVER_ARGS = ("--query-gpu=driver_version", "--format=csv,noheader")
 SMI_TIMEOUT_S = 20.0
 # nvidia-smi -L names MIG instances by profile ("3g.40gb"), not by share: the share is its
 # compute slices over the GPU's. A100 and H100 have 7 slices; A30 has 4 (NVIDIA MIG user guide).
@@ -50,6 +51,14 @@ def read_gpus_smi(run: Runner = run_smi) -> tuple[GpuFacts, ...]:
     """The GPUs and MIG instances nvidia-smi lists."""
     migs = parse_mig_list(run(LIST_ARGS))
     return tuple(_with_mig(gpu, migs.get(gpu.uuid, ())) for gpu in parse_gpu_query(run(QUERY_ARGS)))
+
+
+def read_driver_smi(run: Runner = run_smi) -> str:
+    """The driver version nvidia-smi reports (one row per GPU, all the same)."""
+    rows = run(DRIVER_ARGS).split()
+    if not rows:
+        raise NvmlError("nvidia-smi reported no driver version")
+    return rows[0]
 
 
 def parse_gpu_query(text: str) -> list[GpuFacts]:

@@ -8,6 +8,7 @@ import asyncio
 import multiprocessing
 import os
 import pickle
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -116,3 +117,7 @@ def test_profiling_processes_measure_each_size_under_its_share(model_dir: Path) 
     (pair,) = measure_pairs(request, target)
     assert pair.pair == request.pairs[0]
     assert pair.latency_a_ms > 0 and pair.latency_b_ms > 0 and pair.std_a_ms >= 0
+    skipped: list[PairPoint] = []
+    assert measure_pairs(request, target, lambda _, p: skipped.append(p),
+                         deadline=time.monotonic()) == []  # fmt: skip
+    assert skipped == []  # past the deadline no pair starts (nor is reported as measured)

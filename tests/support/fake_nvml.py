@@ -14,6 +14,7 @@ from typing import Any
 NVML_DEVICE_MIG_ENABLE = 1
 NVML_DEVICE_MIG_DISABLE = 0
 H100_SLICES = 7
+FAKE_DRIVER = "999.99.99-fake"
 
 
 class NVMLError(Exception):
@@ -42,8 +43,11 @@ class FakeGpu:
 class FakeNvml:
     NVMLError = NVMLError
 
-    def __init__(self, gpus: list[FakeGpu], fail_on: str | None = None) -> None:
+    def __init__(
+        self, gpus: list[FakeGpu], fail_on: str | None = None, driver: str = FAKE_DRIVER
+    ) -> None:
         self.gpus = gpus
+        self.driver = driver
         self.fail_on = fail_on  # a function name that raises NVMLError, to test failures
         self.initialised = False
         self.shutdowns = 0
@@ -69,6 +73,10 @@ class FakeNvml:
     def nvmlShutdown(self) -> None:
         self.shutdowns += 1
         self.initialised = False
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._call("nvmlSystemGetDriverVersion")
+        return self.driver
 
     def nvmlDeviceGetCount(self) -> int:
         self._call("nvmlDeviceGetCount")

@@ -13,8 +13,15 @@ from agent.nvidia.inventory import (
     select_gpus,
 )
 from agent.nvidia.mps import MpsState
-from agent.nvidia.nvml import GpuFacts, MigFacts, NvmlError, process_gpu_memory_bytes, read_gpus
-from agent.nvidia.smi import parse_gpu_query, parse_mig_list, read_gpus_smi
+from agent.nvidia.nvml import (
+    GpuFacts,
+    MigFacts,
+    NvmlError,
+    driver_version,
+    process_gpu_memory_bytes,
+    read_gpus,
+)
+from agent.nvidia.smi import parse_gpu_query, parse_mig_list, read_driver_smi, read_gpus_smi
 from common.cluster import DeviceInfo, GpuletStatus
 from common.settings import AgentSettings
 from tests.support.fake_nvml import FakeGpu, FakeMig, FakeNvml
@@ -192,3 +199,33 @@ def test_host_gpus_fall_back_to_nvidia_smi_and_name_both_failures(
     monkeypatch.setattr(backend, "load_nvml", lambda: (nvml.nvmlInit(), nvml)[1])
     gpus, source = backend.read_host_gpus()
     assert source == "NVML" and gpus[0].uuid == "GPU-aaaa-1111" and nvml.shutdowns == 1
+
+
+def test_driver_version_from_nvml_else_nvidia_smi_else_both_failures_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.nvidia import backend
+
+    assert driver_version(started(PLAIN)) == "999.99.99-fake"
+    with pytest.raises(NvmlError, match="nvmlSystemGetDriverVersion: Unknown Error"):
+        driver_version(started(PLAIN, fail_on="nvmlSystemGetDriverVersion"))
+    assert read_driver_smi(lambda args: "580.159.04\n580.159.04\n") == "580.159.04"
+    with pytest.raises(NvmlError, match="no driver version"):
+        read_driver_smi(lambda args: "")
+
+    nvml = FakeNvml([PLAIN], driver="580.1")
+    monkeypatch.setattr(backend, "load_nvml", lambda: (nvml.nvmlInit(), nvml)[1])
+    assert backend.read_host_driver() == "580.1" and nvml.shutdowns == 1
+
+    def no_nvml() -> FakeNvml:
+        raise NvmlError("nvidia-ml-py is not installed")
+
+    def no_smi() -> str:
+        raise NvmlError("neither nvidia-ml-py nor nvidia-smi is available")
+
+    monkeypatch.setattr(backend, "load_nvml", no_nvml)
+    monkeypatch.setattr(backend, "read_driver_smi", lambda: "535.2")
+    assert backend.read_host_driver() == "535.2"
+    monkeypatch.setattr(backend, "read_driver_smi", no_smi)
+    with pytest.raises(NvmlError, match="not installed; neither"):
+        backend.read_host_driver()

@@ -71,6 +71,20 @@ def test_plans_place_gpulets_of_offered_sizes_on_the_gpu(
                                               for i in range(len(gpulets))]  # fmt: skip
 
 
+def test_one_time_sliced_gpu_carries_two_models_in_one_whole_gpulet() -> None:
+    """No rates: the plan is for the largest equal rate, searched up from 1 req/s, where each
+    model alone fills no batch per cycle: the second joins the first's gpu-let at batch 1."""
+    profile = gpu_profile()
+    points = {("txt", p): tuple((b, 1.0 + 0.1 * b * 100 / p) for b in (1, 2, 4, 8, 16, 32))
+              for p in profile.sizes}  # fmt: skip
+    both = DeviceProfile("toy-gpu", "nvidia", profile.sizes, 100.0, 80_000,
+                         {**profile.latency_points, **points})  # fmt: skip
+    live = plan_live([gpu_agent("a", SLICED)], both, {"img": 60.0, "txt": 30.0}, {}, "gpulet+int")
+    assert live is not None and live.plan.feasible and live.rate_rps is not None
+    (gpulet,) = live.placement.gpulets
+    assert gpulet.size == 100.0 and {m.name for m in gpulet.models} == {"img", "txt"}
+
+
 def test_named_profile_keys_are_not_simulated_ones() -> None:
     key = named_key("a100-class")
     assert parse_named_key(key) == ("a100-class", 1.0)

@@ -11,6 +11,7 @@ from agent.nvidia.nvml import GpuFacts
 from agent.nvidia.profile_grid import (
     PairPoint,
     PairResult,
+    Provenance,
     assemble_profile,
     default_name,
     gpu_profile_key,
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.timeout(30)
 
 H100 = GpuFacts(0, "GPU-aaaa", "NVIDIA H100 80GB HBM3", 80 * 2**30, (9, 0))
 SIZES = (20.0, 40.0, 50.0, 60.0, 80.0, 100.0)
+PROVENANCE = Provenance("gpulet profile --nvidia --name h100-test", "torch-cuda", "580.159.04",
+                        "2026-11-20T10:00:00Z", "MPS")  # fmt: skip
 
 
 def test_request_validates_and_draws_seeded_pairs_on_profiled_splits() -> None:
@@ -68,8 +71,12 @@ def test_shared_files_load_back_and_feed_the_interference_fit(tmp_path: Path) ->
     }
     profile = assemble_profile("h100-test", H100, (50.0, 100.0), points, "test")
     pair = PairResult(PairPoint("resnet18", 8, 50.0, "bert_mini", 1, 50.0), 9.0, 1.5, 0.2, 0.1)
-    files = shared_files(profile, [pair], H100, "torch-cuda", "gpulet profile --nvidia")
+    files = shared_files(profile, [pair], H100, PROVENANCE)
     assert sorted(files) == ["h100-test-interference.csv", "h100-test.csv", "h100-test.toml"]
+    for text in files.values():  # each file says where it comes from, in comment lines
+        assert "driver 580.159.04, engine torch-cuda, FP32, partitions by MPS, at " \
+            "2026-11-20T10:00:00Z" in text
+        assert "# Command: gpulet profile --nvidia --name h100-test\n" in text
     write_files(tmp_path, files)
     loaded = load_profile(tmp_path / "h100-test.toml")
     assert loaded.kind == "nvidia" and loaded.sizes == (50.0, 100.0)
@@ -84,5 +91,5 @@ def test_shared_files_load_back_and_feed_the_interference_fit(tmp_path: Path) ->
 
 def test_without_pairs_no_interference_file_is_named() -> None:
     profile = assemble_profile("p", H100, (100.0,), {("resnet18", 100.0): ((1, 1.0),)}, "t")
-    files = shared_files(profile, [], H100, "torch-cuda", "cmd")
+    files = shared_files(profile, [], H100, PROVENANCE)
     assert sorted(files) == ["p.csv", "p.toml"] and "interference" not in files["p.toml"]

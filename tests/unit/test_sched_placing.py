@@ -200,6 +200,19 @@ def test_temporal_share(a_slo_ms: float, b: ModelDemand, config: PlanConfig, joi
         assert gpulet.models[0].latency_ms == pytest.approx(34.225)
 
 
+@pytest.mark.parametrize("b_rate_rps", [0.5, 10.0, 33.0])
+def test_a_model_too_slow_to_fill_a_batch_per_cycle_joins_with_batch_1(b_rate_rps: float) -> None:
+    """a at 100 req/s: b 3, d 30. b at under 1000/30 req/s fills no batch in 30 ms: it runs
+    batch 1 in each of a's cycles (L̂ 4.075), serving more than it asks."""
+    a, b = demand("a", 100.0, 40.0), demand("b", b_rate_rps, 40.0)
+    result = Planner("temporal", devices(1), TEMPORAL).plan([a, b])
+    assert result.feasible
+    (gpulet,) = result.gpulets
+    assert sorted((m.name, m.batch) for m in gpulet.models) == [("a", 3), ("b", 1)]
+    assert gpulet.duty_cycle_ms == pytest.approx(30.0)
+    assert all(m.latency_ms <= m.slo_ms for m in gpulet.models)
+
+
 def test_temporal_share_reason_is_the_duty_cycle() -> None:
     """The occupancy row above fails on occupancy, not on an SLO: Σ L̂ > d is reported."""
     perf = PerfModel(HAND, EXACT)
