@@ -15,7 +15,7 @@ import uvloop
 from aiohttp import web
 
 from agent.api import STATE_KEY, AgentState, create_app
-from agent.devices import discover_cpu, discover_simulated
+from agent.devices import allowed_cores, discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
 from agent.model_prep import ModelPreparer
 from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publish_profile
@@ -75,7 +75,13 @@ def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], Gpu
     nvidia = build_nvidia_executor(settings)
     if nvidia is not None:
         return nvidia.devices, nvidia
-    return (discover_cpu(settings.agent_cores),), Supervisor(settings)
+    device = discover_cpu(settings.agent_cores, settings.serving_cores)
+    serving = sorted(set(allowed_cores(settings.agent_cores)) - set(device.cores))
+    if serving:
+        # Serving has cores of its own: the agent runs there, its workers on the rest.
+        os.sched_setaffinity(0, serving)
+        logger.info("serving cores=%s worker cores=%s", serving, list(device.cores))
+    return (device,), Supervisor(settings)
 
 
 async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> None:

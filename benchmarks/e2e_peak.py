@@ -52,8 +52,14 @@ from common import redis_server
 from common.interference import NoInterference
 from common.profiles import DeviceProfile
 from common.scenarios import Scenario, load_scenario
-from router.scheduling.live import cpu_devices
-from router.scheduling.offline import Setting, find_peak, plan_at, setting_for
+from router.scheduling.live import cpu_devices, serving_shared
+from router.scheduling.offline import (
+    Setting,
+    catalog_serving_ms,
+    find_peak,
+    plan_at,
+    setting_for,
+)
 from router.scheduling.types import PlanConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +177,9 @@ def predicted_peak(
         if cpu_profile is None:
             raise ValueError(f"{scenario.name}: a cpu scenario needs the agent's profile")
         devices, _ = cpu_devices(agents, cpu_profile)  # sized to each agent's cores, as live
-        setting = Setting(scenario, cpu_profile, tuple(devices), NoInterference(), "cpu")
+        # Serving's CPU charged as the router charges it: where serving shares the cores.
+        setting = Setting(scenario, cpu_profile, tuple(devices), NoInterference(), "cpu",
+                          catalog_serving_ms(scenario), serving_shared(agents))  # fmt: skip
     row = find_peak(setting, scheduler, PlanConfig())
     if row.peak_rps is None:
         raise RuntimeError(f"{scheduler}: {scenario.name} is too large to search")
@@ -189,20 +197,13 @@ def predicted_peak(
 def system_up(path: Path, k: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
     """`gpulet up --scenario PATH --time-scale K` as a child; yields its URL once ready."""
     args = ["--scenario", str(path)]
-    if env.get("GPULET_AGENT_CORES"):  # the workers' share (`split_cores`), not the scenario's
-        args += ["--agent-cores", env["GPULET_AGENT_CORES"]]
+    if env.get("GPULET_SERVING_CORES", "0") != "0":
+        # Serving apart (`split_cores`): every core, less serving's, for the workers; `up`
+        # itself pins its router, agent and Redis to serving's cores.
+        args += ["--agent-cores", ",".join(map(str, sorted(os.sched_getaffinity(0))))]
     if k != 1:  # only simulated GPUs can be slowed down; `up` refuses K on a cpu scenario
         args += ["--time-scale", str(k)]
-    with gpulet_up(args, env, log_path) as (base, up_pid):
-        pinned = serving_cores(env)
-        if pinned is not None:
-            # The agent found its cores at start (GPULET_AGENT_CORES); its workers pin
-            # themselves there, also when started later, whatever the agent's own mask.
-            import psutil
-
-            up = psutil.Process(up_pid)
-            for process in (up, *up.children()):  # gpulet up, its router and its agent
-                process.cpu_affinity(sorted(pinned))
+    with gpulet_up(args, env, log_path) as (base, _):
         yield base
 
 
@@ -343,9 +344,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="N",
-        help="cpu scenarios: run router, agent and loadgen on the first N cores and the "
-        "workers on the rest (GPULET_AGENT_CORES), so that serving does not take the cores "
-        "the plan gives the workers (default 0: everything shares every core)",
+        help="cpu scenarios: GPULET_SERVING_CORES=N: router, agent, Redis (and loadgen) on the "
+        "first N cores, the workers on the rest (default 0: serving shares the workers' cores "
+        "and the planner charges its CPU against them)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
@@ -408,31 +409,28 @@ def run_scenario(
         "trial_duration_s": duration_s,
         "weights": {m.name: m.weight for m in scenario.models},
         "slo_ms": {m.name: m.slo_ms for m in scenario.models},
-        "serving_cores": split, "worker_cores": env.get("GPULET_AGENT_CORES", "all"),
+        "serving_cores": split,
         "predicted_rps": predicted, "summary": summary(runs, predicted),
         "runs": [asdict(r) for r in runs],
     }  # fmt: skip
 
 
 def split_cores(cores: int, env: dict[str, str]) -> None:
-    """With `cores` > 0: the agent's workers get every core but the first `cores`
-    (GPULET_AGENT_CORES); `serving_cores` then names the first ones, where `system_up` pins
-    `gpulet up`, its router and agent, and `trial` pins loadgen."""
-    if cores <= 0:
-        return
+    """GPULET_SERVING_CORES, the product's own setting: with `cores` > 0 `gpulet up` keeps the
+    first `cores` for its router, agent and Redis and the workers get the rest (the planner
+    then charges no serving CPU to them); `serving_cores` names them, where `trial` pins
+    loadgen. 0: serving shares the workers' cores, and the planner charges it."""
     everything = sorted(os.sched_getaffinity(0))
     if cores >= len(everything):
         raise ValueError(f"--serving-cores {cores}: only {len(everything)} cores; leave some "
                          "for the workers")  # fmt: skip
-    env["GPULET_AGENT_CORES"] = ",".join(map(str, everything[cores:]))
+    env["GPULET_SERVING_CORES"] = str(max(0, cores))
 
 
 def serving_cores(env: dict[str, str]) -> set[int] | None:
     """The cores serving runs on when the workers have their own (`split_cores`); else None."""
-    workers = env.get("GPULET_AGENT_CORES")
-    if not workers:
-        return None
-    return set(os.sched_getaffinity(0)) - {int(c) for c in workers.split(",")}
+    count = int(env.get("GPULET_SERVING_CORES", "0"))
+    return set(sorted(os.sched_getaffinity(0))[:count]) if count > 0 else None
 
 
 def _purge(redis_url: str, prefix: str) -> None:

@@ -52,6 +52,12 @@ def parse_named_key(key: str) -> tuple[str, float] | None:
     return key.removeprefix(NAMED_KEY), 1.0
 
 
+# A CPU device's `sharing`: whether the router and agent (serving) run on its cores, which the
+# planner then charges for (router/scheduling/serving_cpu.py), or on cores of their own.
+SERVING_SHARED = "serving-shared"
+DEDICATED = "dedicated"
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     device_id: str
@@ -62,7 +68,7 @@ class DeviceInfo:
     # whatever the profile allows (cpu: 1..len(cores)).
     sizes: tuple[float, ...] = ()
     # How gpulets share it (nvidia): "mps", "mig" or "time-sliced" (MPS unusable: whole-GPU
-    # gpulets only); empty for other kinds.
+    # gpulets only); cpu: SERVING_SHARED or DEDICATED; empty for other kinds.
     sharing: str = ""
     note: str = ""  # for people: the GPU, and why it shares as it does
 

@@ -66,6 +66,12 @@ class RouterSettings(CommonSettings):
         default="",
         description="SLO per model in ms, e.g. 'resnet50=108,vgg16=142'; others keep the default",
     )
+    serving_cpu_ms: str = Field(
+        default="",
+        description="router + agent CPU per request in ms, per model, e.g. 'resnet18=4.5': what "
+        "the planner charges against CPU cores serving shares with the workers; others are "
+        "estimated from the request's size",
+    )
     rates: str = Field(
         default="",
         description="expected req/s per model, e.g. 'resnet18=20,noop=500'; empty: plan for the "
@@ -130,6 +136,12 @@ class AgentSettings(CommonSettings):
     )
     agent_cores: str | None = Field(
         default=None, description="cores this agent may use, e.g. '0-3' or '0,2'; default: all"
+    )
+    serving_cores: str = Field(
+        default="auto",
+        description="cores kept for serving (the agent itself, and under `gpulet up` the router "
+        "and Redis), the workers get the rest: a count, or auto (1 from 4 cores up, else 0; with "
+        "0 the planner charges serving's CPU against the workers' cores)",
     )
     profile_on_start: bool = Field(
         default=True, description="measure (or reuse) the CPU profile the planner needs"

@@ -114,7 +114,21 @@ def up_options(args: argparse.Namespace) -> UpOptions:
         rates_rps={n: r / args.time_scale for n, r in (config.rates_rps if config else {}).items()
                    if n in models},
         keep_going=args.keep_going,
+        serving_cores=_serving_cores(args.serving_cores, cores),
     )  # fmt: skip
+
+
+def _serving_cores(flag: str | None, agent_cores: str | None) -> str:
+    """--serving-cores, else GPULET_SERVING_CORES, checked against the cores there are."""
+    from agent.devices import allowed_cores, serving_split
+    from common.settings import AgentSettings
+
+    value = flag if flag is not None else AgentSettings().serving_cores
+    try:
+        serving_split(allowed_cores(agent_cores), value)
+    except ValueError as exc:
+        raise SystemExit(f"gpulet up --serving-cores: {exc}") from None
+    return value
 
 
 def _up_config(path: Path | None, with_scenario: bool) -> ModelConfig | None:
@@ -154,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cores the CPU agent's workers may use, e.g. '1-3' (default: all, or "
                     "a cpu scenario's first N)")  # fmt: skip
     up.add_argument("--no-build", action="store_true", help="do not build missing models")
+    up.add_argument("--serving-cores", default=None, metavar="N",
+                    help="cores kept for the router, agent and Redis, the workers get the "
+                    "rest: a count or auto (default GPULET_SERVING_CORES, auto: 1 from 4 "
+                    "cores up, else 0 and the planner charges serving's CPU instead)")  # fmt: skip
     up.add_argument("--keep-going", action="store_true",
                     help="when some models fail to load or to answer their warm-up, keep "
                     "serving the others (default: name the failures and exit 1)")  # fmt: skip

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from agent.devices import allowed_cores, serving_split
 from common import redis_server
 from common.cli.readiness import RETRYABLE_STATUSES, load_failures, warm_up_problem
 from common.model_config import router_env
@@ -61,14 +62,21 @@ class UpOptions:
     agent_cores: str | None = None  # -> GPULET_AGENT_CORES; None: every allowed core
     rates_rps: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_RATES; empty: none
     keep_going: bool = False  # serve the models that came up when others failed
+    serving_cores: str = "auto"  # -> GPULET_SERVING_CORES: cores kept for router, agent, Redis
 
 
 class Child:
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], cores: Sequence[int] = ()
+    ) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            args, env=env, start_new_session=True, preexec_fn=die_with_parent
-        )
+
+        def prepare() -> None:
+            die_with_parent()
+            if cores:  # serving's own cores: the workers have the rest
+                os.sched_setaffinity(0, cores)
+
+        self.proc = subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=prepare)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -90,8 +98,11 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
+    own_cores, _ = serving_split(allowed_cores(options.agent_cores), options.serving_cores)
     redis = redis_server.resolve(settings.redis_url)
     logger.info("redis %s (%s)", redis.url, redis.source)
+    if own_cores and redis.process is not None:
+        os.sched_setaffinity(redis.process.pid, own_cores)
     children: list[Child] = []
     try:
         env = {
@@ -107,6 +118,10 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
             env["GPULET_SIM_TIME_SCALE"] = f"{options.time_scale:g}"
         if options.agent_cores is not None:
             env["GPULET_AGENT_CORES"] = options.agent_cores
+        env["GPULET_SERVING_CORES"] = options.serving_cores
+        if own_cores:
+            logger.info("serving (router, agent, Redis) on cores %s; workers on the rest",
+                        list(own_cores))  # fmt: skip
         gpulet = [sys.executable, "-m", "common.cli.main"]
         children.append(
             Child("agent", [*gpulet, "agent"],
@@ -115,7 +130,7 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
         children.append(
             Child("router", [*gpulet, "router"],
                   {**env, "GPULET_ROUTER_HOST": options.host,
-                   "GPULET_ROUTER_PORT": str(options.port)})
+                   "GPULET_ROUTER_PORT": str(options.port)}, own_cores)
         )  # fmt: skip
         base = f"http://{_url_host(options.host)}:{options.port}"
         failed = _wait_ready(base, children, stopping, options.keep_going)

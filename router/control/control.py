@@ -80,8 +80,12 @@ class Controller:
         arrivals: RateMonitor | None = None,
         epoch_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        serving_ms: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
+        # Router and agent CPU per request of each model, charged where they share the
+        # workers' cores (router/scheduling/serving_cpu.py).
+        self.serving_ms = dict(serving_ms or {})
         self.client = client
         self.models = sorted(slos_ms)
         self.slos_ms = dict(slos_ms)
@@ -126,17 +130,23 @@ class Controller:
         """The interference model the current profile's plans use (None: none fitted)."""
         return self._interference
 
-    def add_model(self, name: str, slo_ms: float, rate_rps: float | None = None) -> None:
+    def add_model(
+        self, name: str, slo_ms: float, rate_rps: float | None = None,
+        serving_ms: float | None = None,
+    ) -> None:  # fmt: skip
         """Serve `name` too (model load): the next step plans afresh for the new model set."""
         self.slos_ms[name] = slo_ms
         if rate_rps is not None:
             self.rates_rps[name] = rate_rps
+        if serving_ms is not None:
+            self.serving_ms[name] = serving_ms
         self._models_changed()
 
     def remove_model(self, name: str) -> None:
         """Stop planning `name` (model unload; its requests drained first): plan afresh."""
         self.slos_ms.pop(name, None)
         self.rates_rps.pop(name, None)
+        self.serving_ms.pop(name, None)
         self._models_changed()
 
     async def reload_measured_profile(self) -> None:
@@ -284,6 +294,7 @@ class Controller:
         found = await asyncio.to_thread(
             replan_live, agents, self.profile, self._plan, dict(self.slos_ms), targets.plan,
             self.scheduler, interference=self._interference, changed=set(moved),
+            serving_ms=self.serving_ms,
         )  # fmt: skip
         if found is None:
             return None
@@ -332,7 +343,8 @@ class Controller:
         self.profile, self._interference = profile, interference
         live = await asyncio.to_thread(plan_live, agents, profile, dict(self.slos_ms),
                                        self._fresh_rates(), self.scheduler,
-                                       interference=interference)  # fmt: skip
+                                       interference=interference,
+                                       serving_ms=self.serving_ms)  # fmt: skip
         if live is None:
             fallback = static_placement(agents, self.models)
             why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "

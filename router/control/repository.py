@@ -37,6 +37,7 @@ from common.profiles import DeviceProfile, find_profile
 from common.settings import RouterSettings
 from common.store import Store
 from router.control.control import STATIC, Controller
+from router.control.serving_costs import serving_costs
 from router.dispatch.dispatcher import Dispatcher
 from router.scheduling.live import plan_live
 from router.scheduling.schedulers import SearchTooLarge
@@ -140,6 +141,7 @@ def placement_problem(
     rates_rps: Mapping[str, float],
     interference: InterferenceModel | None,
     retry_after_s: float,
+    serving_ms: Mapping[str, float] | None = None,
 ) -> GpuletError | None:
     """Why the planner cannot give `name` a gpu-let beside the served models (`slos_ms` has
     them all, `name` included); None when it can. Pure: the "what if" before anything changes.
@@ -159,7 +161,8 @@ def placement_problem(
             model=name, profile_models=list(profile.models()),
         )  # fmt: skip
     try:
-        live = plan_live(agents, profile, slos_ms, rates_rps, scheduler, interference=interference)
+        live = plan_live(agents, profile, slos_ms, rates_rps, scheduler, interference=interference,
+                         serving_ms=serving_ms)
     except SearchTooLarge as exc:  # `ideal` on a cluster too large to search exhaustively
         return SloUnattainable(f"{scheduler}: {exc}", model=name, slo_ms=slos_ms[name])
     if live is None or not live.placement.gpulets_of(name):
@@ -249,6 +252,7 @@ class Repository:
         if not simulated and name in CATALOG:
             await self._prepare(name)
         slos = {**controller.slos_ms, name: spec.default_slo_ms}
+        serving_ms = serving_costs({name: spec}, {})[name]
         rates = dict(controller.rates_rps)
         if parameters.rate_rps is not None:
             rates[name] = parameters.rate_rps
@@ -256,11 +260,12 @@ class Repository:
             placement_problem, name, scheduler=controller.scheduler, profile=controller.profile,
             agents=list(controller.agents), slos_ms=slos, rates_rps=rates,
             interference=controller.interference, retry_after_s=self.settings.retry_after_s,
+            serving_ms={**controller.serving_ms, name: serving_ms},
         )  # fmt: skip
         if problem is not None:
             raise problem
         logger.info("model load model=%s slo_ms=%g", name, spec.default_slo_ms)
-        controller.add_model(name, spec.default_slo_ms, parameters.rate_rps)
+        controller.add_model(name, spec.default_slo_ms, parameters.rate_rps, serving_ms)
         try:
             await self._until(lambda: name in controller.table.ready_models(),
                               f"{name} has no ready gpu-let")  # fmt: skip

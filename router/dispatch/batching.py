@@ -39,6 +39,11 @@ DISPATCH_SLACK_MS = 1.0
 # would then be dropped after waiting: the slow refusal that overload must avoid. A request an
 # idle gpu-let sends at once is judged on its own learned latency, with nothing to drift.
 ADMIT_HEADROOM = 0.1
+# An idle gpu-let whose figure for a model rests on less than this much recent evidence (sample
+# weight, estimates.py: a fresh profile, or samples aged away) admits a request even where that
+# figure says it will be late: a probe. A pessimistic profile, or a figure learned in a burst,
+# would otherwise refuse every request for ever, and a refused request teaches nothing.
+PROBE_BELOW_SAMPLES = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class Prediction:
     per_batch_ms: float = 0.0  # learned fixed cost of one batch of its model (compute + hop)
     factor: float | None = None  # learned compute ÷ profile at that size (None: no profile)
     idle: bool = False  # nothing queued or running: it goes out alone, at once
+    probe: bool = False  # admitted to measure, whatever the prediction (PROBE_BELOW_SAMPLES)
 
     def details(self, started_ms: float) -> dict[str, float | int | bool | None]:
         """The numbers a refusal shows, so a client can tell overload from a slow model."""
@@ -226,7 +232,7 @@ def admission_finish(
         own_ms = own.latency_ms_of(request.items)
         return Prediction(now_ms + own_ms, own_ms=own_ms, own_items=request.items,
                           per_batch_ms=per_batch_ms, factor=estimate.factor(request.items),
-                          idle=True)  # fmt: skip
+                          idle=True, probe=estimate.samples < PROBE_BELOW_SAMPLES)  # fmt: skip
     start_ms = max(now_ms, busy_until_ms)
     stretch = 1 + ADMIT_HEADROOM
     grows_to = max((b for b in range(request.items, own.batch_size + 1)

@@ -468,6 +468,7 @@ class Dispatcher:
         admit_by_ms = min(deadline_ms, started_ms + slo_ms)
         best = NOT_SERVED
         tried = []
+        probe: GpuletQueue | None = None
         for candidate in ranked(loads):
             queue = self.queues[candidate]
             tried.append(queue)
@@ -476,10 +477,17 @@ class Dispatcher:
                 best = prediction
             if prediction.finish_ms <= admit_by_ms:
                 break
+            if prediction.probe and probe is None:
+                probe = queue
         else:
-            self._answered(model, DeadlinePassed.code, None, started_ms, slo_ms)
-            raise _refusal(model, started_ms, arrived_ms, best, admit_by_ms,
-                           busy=not all(q.idle_at(arrived_ms) for q in tried))  # fmt: skip
+            if probe is not None and admit_by_ms > arrived_ms:
+                # No gpu-let is predicted in time, but an idle one has next to no evidence
+                # for its figure: run it, and learn (a refused request would teach nothing).
+                queue = probe
+            else:
+                self._answered(model, DeadlinePassed.code, None, started_ms, slo_ms)
+                raise _refusal(model, started_ms, arrived_ms, best, admit_by_ms,
+                               busy=not all(q.idle_at(arrived_ms) for q in tried))  # fmt: skip
         gpulet_id = queue.route.gpulet.gpulet_id
         future: asyncio.Future[Answer]
         future = asyncio.get_running_loop().create_future()

@@ -27,6 +27,7 @@ from common.store import Store
 from router.control.control import Controller
 from router.control.rates import RateMonitor
 from router.control.repository import Repository
+from router.control.serving_costs import serving_costs
 from router.dispatch.agent_client import AgentClient
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
@@ -109,6 +110,9 @@ def create_app(
         rates_rps=parse_rates(settings.rates, models),
         arrivals=arrivals,
         epoch_s=settings.replan_epoch_s,
+        serving_ms=serving_costs(
+            models, parse_per_model(settings.serving_cpu_ms, set(models), "GPULET_SERVING_CPU_MS",
+                                    "ms")),
     )
     observed = DispatchMetrics()  # what /metrics counts per request and batch
     dispatcher = Dispatcher(

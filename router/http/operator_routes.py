@@ -48,7 +48,7 @@ class PeakCache:
         # Pure CPU work: in a thread, so the event loop goes on serving (sharing the GIL).
         body = await asyncio.to_thread(
             live_peak, agents, profile, dict(controller.slos_ms), controller.scheduler,
-            _interference(profile)[0],
+            _interference(profile)[0], dict(controller.serving_ms),
         )  # fmt: skip
         body["seconds"] = round(time.perf_counter() - started, 3)
         self._inputs, self._profile, self._body = inputs, profile, body

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from common.cluster import AgentInfo, DeviceInfo
+from common.cluster import DEDICATED, AgentInfo, DeviceInfo
 from common.interference import InterferenceModel, NoInterference
 from common.placement import GpuletModel, GpuletSpec, Placement
 from common.profiles import DeviceProfile
 from router.scheduling.peak import peak_search
 from router.scheduling.replan import Step, replan
-from router.scheduling.schedulers import plan
+from router.scheduling.serving_cpu import charged_pool, plan_serving
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 # The equal-rate search: req/s resolution and ceiling per model.
@@ -70,6 +70,12 @@ def cpu_devices(
     return devices, cores_of
 
 
+def serving_shared(agents: Sequence[AgentInfo]) -> frozenset[str]:
+    """Ids (as `cpu_devices` names them) of the CPU devices whose cores serving shares."""
+    return frozenset(f"{a.agent_id}/{d.device_id}" for a in agents for d in a.devices
+                     if d.kind == "cpu" and d.sharing != DEDICATED)  # fmt: skip
+
+
 def nvidia_profile(info: DeviceInfo, profile: DeviceProfile) -> DeviceProfile | None:
     """The profile as one real GPU offers it; None when it offers no size the profile covers.
 
@@ -96,21 +102,26 @@ def plan_live(
     scheduler: str,
     config: PlanConfig | None = None,
     interference: InterferenceModel | None = None,
+    serving_ms: Mapping[str, float] | None = None,
 ) -> LivePlan | None:
-    """The placement to deploy; None when there are no devices or no model fits at all."""
+    """The placement to deploy; None when there are no devices or no model fits at all.
+    `serving_ms`: the router and agent's CPU per request of each model, charged against the
+    CPU devices serving shares (serving_cpu.py)."""
     devices, cores_of = cpu_devices(agents, profile)
     if not devices:
         return None
     config = config or PlanConfig()
     interference = interference or NoInterference()
     names = sorted(slos_ms)
+    shared = serving_shared(agents)
 
     def at(rate: float) -> Plan:
         demands = [
             ModelDemand(n, n, rates_rps.get(n, rate) if rates_rps else rate, slos_ms[n])
             for n in names
         ]
-        return plan(scheduler, demands, devices, config, interference)
+        return plan_serving(scheduler, demands, devices, config, interference,
+                            serving_ms or {}, shared)  # fmt: skip
 
     if rates_rps:
         result, equal_rate = at(0.0), None
@@ -132,6 +143,7 @@ def replan_live(
     config: PlanConfig | None = None,
     interference: InterferenceModel | None = None,
     changed: set[str] | None = None,
+    serving_ms: Mapping[str, float] | None = None,
 ) -> tuple[LivePlan, Step] | None:
     """A new plan for new rates from the running one: incremental, then full, then one more
     device (replan.py); None when there are no devices."""
@@ -139,7 +151,8 @@ def replan_live(
     if not devices:
         return None
     demands = [ModelDemand(n, n, rates_rps[n], slos_ms[n]) for n in sorted(slos_ms)]
-    result = replan(scheduler, previous, demands, devices, config or PlanConfig(),
+    pool = charged_pool(devices, demands, serving_ms or {}, serving_shared(agents))
+    result = replan(scheduler, previous, demands, pool, config or PlanConfig(),
                     interference or NoInterference(), changed)  # fmt: skip
     placement = to_placement(result.plan, devices, cores_of)
     return LivePlan(placement, result.plan, None), result.step

@@ -93,6 +93,7 @@ def live_peak(
     slos_ms: Mapping[str, float],
     scheduler: str,
     interference: InterferenceModel,
+    serving_ms: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The largest equal rate r every served model can get at once on these devices (the peak
     search `plan_live` runs when no rates are declared), and the plan that carries it."""
@@ -105,7 +106,8 @@ def live_peak(
     if profile is None:
         return {**base, "why": "no profile yet: the agents are still measuring theirs"}
     try:
-        live = plan_live(agents, profile, slos_ms, {}, scheduler, interference=interference)
+        live = plan_live(agents, profile, slos_ms, {}, scheduler, interference=interference,
+                         serving_ms=serving_ms)
     except SearchTooLarge as exc:  # `ideal` on a cluster too large to search exhaustively
         return {**base, "why": str(exc)}
     if live is None:

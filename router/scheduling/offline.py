@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,8 @@ from common.interference import InterferenceModel, NoInterference
 from common.profiles import DeviceProfile
 from common.scenarios import Scenario, load_scenario
 from router.scheduling.peak import PeakResult, peak_search
-from router.scheduling.schedulers import SCHEDULERS, SearchTooLarge, plan
+from router.scheduling.schedulers import SCHEDULERS, SearchTooLarge
+from router.scheduling.serving_cpu import plan_serving, request_bytes, request_cost_ms
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 
@@ -25,6 +27,10 @@ class Setting:
     devices: tuple[Device, ...]
     interference: InterferenceModel
     interference_note: str
+    # Router + agent CPU per request per model, charged on the devices in `serving_shared`
+    # (serving_cpu.py): a cpu scenario's cores, which serving shares by default.
+    serving_ms: Mapping[str, float] = field(default_factory=dict)
+    serving_shared: frozenset[str] = frozenset()
 
 
 def setting_for(
@@ -32,16 +38,27 @@ def setting_for(
 ) -> Setting:
     profile = profile or scenario.profile()
     count = devices or scenario.devices
+    serving_ms: dict[str, float] = {}
+    shared: frozenset[str] = frozenset()
     if profile.kind == "cpu":
         # A cpu scenario's `devices` counts cores: one device of that many, as a live agent
         # registers its cores (live.cpu_devices sizes the profile the same way).
         profile = replace(profile, sizes=tuple(s for s in profile.sizes if s <= count),
                           full_size=float(count))  # fmt: skip
         made: tuple[Device, ...] = (Device("cpu0", "offline", profile),)
+        serving_ms, shared = catalog_serving_ms(scenario), frozenset({"cpu0"})
     else:
         made = tuple(Device(f"gpu{i}", "offline", profile) for i in range(count))
     model, note = interference_for(profile)
-    return Setting(scenario, profile, made, model, note)
+    return Setting(scenario, profile, made, model, note, serving_ms, shared)
+
+
+def catalog_serving_ms(scenario: Scenario) -> dict[str, float]:
+    """Serving CPU per request of the scenario's models, estimated from their request size."""
+    from common.models import CATALOG
+
+    return {m.model: request_cost_ms(request_bytes(CATALOG[m.model]))
+            for m in scenario.models if m.model in CATALOG}  # fmt: skip
 
 
 def interference_for(profile: DeviceProfile) -> tuple[InterferenceModel, str]:
@@ -62,9 +79,9 @@ def demands_at(scenario: Scenario, rate_rps: float) -> list[ModelDemand]:
 
 
 def plan_at(setting: Setting, scheduler: str, rate_rps: float, config: PlanConfig) -> Plan:
-    result = plan(
+    result = plan_serving(
         scheduler, demands_at(setting.scenario, rate_rps), setting.devices, config,
-        setting.interference,
+        setting.interference, setting.serving_ms, setting.serving_shared,
     )  # fmt: skip
     if scheduler in ("gpulet+int", "ideal"):
         result = replace(result, explanation=(*result.explanation, setting.interference_note))

@@ -162,7 +162,7 @@ def test_the_e2e_step_drives_load_through_a_serving_system_and_reports_it(
     assert result.status == "ok", result.reason
     figures = result.figures
     assert figures["peak_rps"] > 30 and figures["rate_rps"] == 15.0  # half the peak, capped
-    assert {d["sharing"] for d in figures["devices"]} == {""}  # CPU core sets
+    assert {d["sharing"] for d in figures["devices"]} == {"serving-shared"}  # 2 CPU cores
     load = figures["load"]
     assert set(load["models"]) == {"noop", "lenet"}
     assert load["total"]["sent"] > 30 and load["total"]["attainment"] >= 0.99

@@ -35,11 +35,14 @@ class HeldClient:
         self.sent.put_nowait(request_id)
         return await self.held[request_id]
 
-    def finish(self, request_id: str, error: GpuletError | None = None) -> None:
+    def finish(
+        self, request_id: str, error: GpuletError | None = None, compute_ms: float | None = None
+    ) -> None:
         """Answer the batch sent under `request_id` (its first request's): one output row per
-        item, or `error`."""
+        item, or `error`; with `compute_ms`, the worker's time as a real agent reports it."""
         future, rows = self.held.pop(request_id), self.rows.pop(request_id)
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(frames.Frame({}, {"output": np.zeros((rows, 1), np.float32)}))
+            header = {} if compute_ms is None else {"compute_ms": compute_ms}
+            future.set_result(frames.Frame(header, {"output": np.zeros((rows, 1), np.float32)}))

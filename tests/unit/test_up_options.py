@@ -62,7 +62,11 @@ def test_a_cpu_scenario_takes_its_first_cores(tmp_path: Path) -> None:
     assert got.models == ("noop",) and got.slos_ms == {"noop": 12.0}
     assert got.agent_cores == str(min(os.sched_getaffinity(0)))
     # --agent-cores overrides the scenario's (benchmarks give serving a core of its own).
-    assert options("--scenario", str(path), "--agent-cores", "1-3").agent_cores == "1-3"
+    last = str(max(os.sched_getaffinity(0)))
+    assert options("--scenario", str(path), "--agent-cores", last).agent_cores == last
+    # Cores this process may not use are refused in one line, before anything starts.
+    with pytest.raises(SystemExit, match="outside this process's allowed set"):
+        options("--scenario", str(path), "--agent-cores", "4096")
 
 
 @pytest.mark.parametrize(
