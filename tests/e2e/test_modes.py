@@ -5,6 +5,7 @@ models' default SLOs (what a user gets) with the right outputs."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,37 @@ def test_up_config_serves_its_models_at_its_slos_and_rates(
         planned_rps = {m["name"]: m["planned_rps"] for g in plan["gpulets"] for m in g["models"]}
         assert planned_rps.keys() == {"noop", "lenet"}
         assert_serves_correct_outputs(up.url, model_dir, SMALL)
+
+
+def test_up_serving_cores_keeps_a_core_for_router_agent_and_redis(model_dir: Path) -> None:
+    import psutil
+
+    cores = sorted(os.sched_getaffinity(0))
+    env = clean_env({"GPULET_MODEL_DIR": str(model_dir)})
+    with gpulet_up(["--models", "noop,lenet", "--serving-cores", "1"], env) as up:
+        cluster = http.request("GET", f"{up.url}/v1/cluster").body
+        (device,) = [d for a in cluster["agents"] for d in a["devices"]]
+        assert device["cores"] == cores[1:] and device["sharing"] == "dedicated"
+        family = psutil.Process(up.process.pid).children(recursive=True)
+        serving = [p for p in family
+                   if any(part in ("router", "agent") for part in p.cmdline()[-1:])]  # fmt: skip
+        assert len(serving) == 2
+        assert all(p.cpu_affinity() == cores[:1] for p in serving)
+        assert_serves_correct_outputs(up.url, model_dir, SMALL)
+
+
+def test_serving_cpu_ms_is_charged_against_the_shared_cores(
+    redis_url: str, model_dir: Path
+) -> None:
+    peaks = {}
+    for cost in ("noop=0,lenet=0", "noop=5,lenet=5"):
+        for system in running(redis_url, model_dir, models=SMALL,
+                              router_env={"GPULET_SERVING_CPU_MS": cost}):  # fmt: skip
+            peaks[cost] = system.get("/v1/plan?peak=true").body["peak"]
+            assert_serves_correct_outputs(system.url, model_dir, SMALL)
+    free, charged = peaks["noop=0,lenet=0"], peaks["noop=5,lenet=5"]
+    # 5 ms of serving a request on 2 shared cores: at most 0.8 x 2 cores / 10 ms = 160 req/s
+    # of each model, whatever the workers could do.
+    assert free["peak_rps"] > 160
+    assert charged["peak_rps"] <= 160
+    assert any("serving CPU" in line for line in charged["plan"]["explanation"])
