@@ -102,7 +102,7 @@ class RouterSettings(CommonSettings):
         "full or until its oldest request has waited the planned duty cycle",
     )
     router_backlog_s: float = Field(
-        default=0.5,
+        default=2.0,
         gt=0,
         description="inference requests in flight are capped at what the router's event loop "
         "clears in this long, at its measured capacity (at least 64): the excess is answered "

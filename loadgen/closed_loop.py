@@ -41,6 +41,7 @@ class LoadResult:
     latencies_ms: tuple[float, ...]
     statuses: Mapping[int, int]  # HTTP status (NO_RESPONSE_STATUS for none) -> count
     elapsed_s: float
+    codes: tuple[int, ...] = ()  # each request's status, in the order of `latencies_ms`
 
     @property
     def requests(self) -> int:
@@ -119,22 +120,23 @@ async def closed_loop(
                 status = NO_RESPONSE_STATUS
             return status, (time.perf_counter() - started) * 1000
 
-        async def phase(budget: _Budget) -> tuple[list[float], Counter[int], float]:
+        async def phase(budget: _Budget) -> tuple[list[float], list[int], float]:
             latencies: list[float] = []
-            statuses: Counter[int] = Counter()
+            codes: list[int] = []
 
             async def worker() -> None:
                 while budget.take():
                     status, latency_ms = await one()
                     latencies.append(latency_ms)
-                    statuses[status] += 1
+                    codes.append(status)
 
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return latencies, statuses, time.perf_counter() - started
+            return latencies, codes, time.perf_counter() - started
 
         if warmup > 0:
             await phase(_Budget(left=warmup, stop_at=None))
         stop_at = None if duration_s is None else time.perf_counter() + duration_s
-        latencies, statuses, elapsed_s = await phase(_Budget(left=requests, stop_at=stop_at))
-    return LoadResult(concurrency, tuple(latencies), dict(statuses), elapsed_s)
+        latencies, codes, elapsed_s = await phase(_Budget(left=requests, stop_at=stop_at))
+    return LoadResult(concurrency, tuple(latencies), dict(Counter(codes)), elapsed_s,
+                      tuple(codes))

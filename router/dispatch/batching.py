@@ -39,6 +39,10 @@ DISPATCH_SLACK_MS = 1.0
 # would then be dropped after waiting: the slow refusal that overload must avoid. A request an
 # idle gpu-let sends at once is judged on its own learned latency, with nothing to drift.
 ADMIT_HEADROOM = 0.1
+# Batches a gpu-let holds in flight: the running one and the next (dispatcher.py). A backlog
+# drains one batch per max(compute, round trip / this): where the hop outweighs the compute (a
+# tiny model), the round trips, not the worker, set the pace.
+PIPELINE_DEPTH = 2
 # An idle gpu-let whose figure for a model rests on less than this much recent evidence (sample
 # weight, estimates.py: a fresh profile, or samples aged away) admits a request even where that
 # figure says it will be late: a probe. A pessimistic profile, or a figure learned in a burst,
@@ -86,6 +90,11 @@ class ModelTurn:
     def latency_ms_of(self, items: int) -> float:
         """Sent to an idle gpu-let, answered this long after."""
         return self.learned.latency_ms(items)
+
+    def period_ms(self, items: int) -> float:
+        """How often batches of `items` follow one another through a busy gpu-let."""
+        compute = self.predict(items)
+        return max(compute, (compute + self.hop_ms(items)) / PIPELINE_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -261,10 +270,12 @@ def _backlog_ms(
         if name == request.model:
             batches_before = items // turn.batch_size
             in_batch = max(items % turn.batch_size + request.items, own_batch)
-            total += batches_before * turn.predict(turn.batch_size) + own.latency_ms_of(in_batch)
+            total += batches_before * turn.period_ms(turn.batch_size) + \
+                own.latency_ms_of(in_batch)  # fmt: skip
         elif items:
             full, rest = divmod(items, turn.batch_size)
-            total += full * turn.predict(turn.batch_size) + (turn.predict(rest) if rest else 0.0)
+            total += full * turn.period_ms(turn.batch_size) + \
+                (turn.period_ms(rest) if rest else 0.0)  # fmt: skip
     return total
 
 

@@ -27,6 +27,7 @@ from router.dispatch.admission import Verdict, admit
 from router.dispatch.agent_client import AgentClient
 from router.dispatch.batching import (
     NOT_SERVED,
+    PIPELINE_DEPTH,
     GpuletPlanView,
     ModelTurn,
     Pending,
@@ -49,7 +50,7 @@ REFRESH_MS = 250.0
 DEFAULT_MAX_HELD_BYTES = 1 << 30  # 1 GiB of request tensors
 # Batches sent to a gpu-let and not yet answered: the running one and one queued behind it,
 # so the worker never idles between batches. More would fix batches long before they run.
-MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCHES_IN_FLIGHT = PIPELINE_DEPTH
 
 
 @dataclass

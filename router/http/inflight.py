@@ -43,13 +43,19 @@ class CapacityMeter:
     _completed: int = 0
     _window_start_cpu_s: float | None = None
     _window_start_wall_s: float = 0.0
+    # CPU spent refusing, in this window: not the cost of a served request. Counted in, it
+    # would make capacity look smaller the more is refused, refuse more, and collapse.
+    _excluded_cpu_s: float = 0.0
+
+    def exclude(self, cpu_s: float) -> None:
+        self._excluded_cpu_s += cpu_s
 
     def completed(self, cpu_s: float, wall_s: float) -> None:
         if self._window_start_cpu_s is None:
             self._window_start_cpu_s, self._window_start_wall_s = cpu_s, wall_s
             return
         self._completed += 1
-        cpu_used_s = cpu_s - self._window_start_cpu_s
+        cpu_used_s = cpu_s - self._window_start_cpu_s - self._excluded_cpu_s
         if (self._completed < WINDOW_REQUESTS or wall_s - self._window_start_wall_s < WINDOW_S
                 or cpu_used_s <= 0):  # fmt: skip
             return
@@ -57,6 +63,7 @@ class CapacityMeter:
         self.capacity_rps = measured if self.capacity_rps is None else \
             self.capacity_rps + CAPACITY_WEIGHT * (measured - self.capacity_rps)  # fmt: skip
         self._completed = 0
+        self._excluded_cpu_s = 0.0
         self._window_start_cpu_s, self._window_start_wall_s = cpu_s, wall_s
 
     def limit(self, backlog_s: float) -> int | None:
@@ -102,7 +109,9 @@ class InflightLimiter:
         limit = door.meter.limit(door.backlog_s)
         if limit is not None and door.in_flight >= limit:
             door.refused += 1
+            started_cpu_s = self.cpu_clock()
             await self._refuse(scope, send, limit)
+            door.meter.exclude(self.cpu_clock() - started_cpu_s)
             return
         door.in_flight += 1
         try:

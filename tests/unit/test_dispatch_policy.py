@@ -295,3 +295,16 @@ def test_a_request_larger_than_the_byte_limit_alone_is_still_admitted() -> None:
 def test_pick_needs_a_route() -> None:
     with pytest.raises(ValueError):
         pick([])
+
+
+def test_where_the_hop_outweighs_the_compute_the_round_trips_set_the_pace() -> None:
+    # A tiny model: 0.1 ms of compute a batch, 5 ms of hop. Two batches in flight at a time,
+    # so a backlog drains a batch every (0.1 + 5) / 2 ms, not every 0.1 ms.
+    tiny = learned(ModelTurn("t", 4, tuple(0.1 for _ in range(8))), 1.0, hop_ms=5.0)
+    view = GpuletPlanView(10.0, (tiny,))
+    assert tiny.period_ms(4) == pytest.approx((tiny.predict(4) + tiny.hop_ms(4)) / 2)
+    prediction = admission_finish(view, {"t": 40}, req("new", 0, 5_000, model="t"), 0.0, 0.0)
+    # Ten full batches ahead at the round trips' pace, then its own batch's round trip.
+    assert prediction.ahead_ms == pytest.approx(10 * tiny.period_ms(4) * (1 + ADMIT_HEADROOM),
+                                                rel=0.01)  # fmt: skip
+    assert prediction.ahead_ms > 20.0

@@ -106,3 +106,16 @@ async def test_past_the_cap_inference_is_refused_at_once_with_the_numbers(path: 
     await asyncio.gather(health, *admitted)
     assert door.in_flight == 0
     assert [m["status"] for m in (await call(limiter, path))[:1]] == [200]
+
+
+def test_time_spent_refusing_does_not_count_against_capacity() -> None:
+    # 1 ms of CPU a served request, and as much again refusing others: capacity is still
+    # 1,000 served requests a CPU-second (counted in, it would halve, refuse more, collapse).
+    meter = CapacityMeter()
+    meter.completed(cpu_s=0.0, wall_s=0.0)
+    cpu = 0.0
+    for i in range(1, WINDOW_REQUESTS + 1):
+        cpu += 0.002
+        meter.exclude(0.001)
+        meter.completed(cpu_s=cpu, wall_s=i * 0.01)
+    assert meter.capacity_rps == pytest.approx(1000.0)
