@@ -82,7 +82,8 @@ def run(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
     rate = args.peak * args.factor
     arrivals = schedule(scenario, rate, args.duration, np.random.default_rng(args.seed))
     up_args = ["--scenario", str(args.scenario), "--time-scale", f"{args.time_scale:g}"]
-    env = {"GPULET_LOG_LEVEL": "WARNING", "GPULET_DEADLINE_FACTOR": f"{args.deadline_factor:g}"}
+    env = {"GPULET_LOG_LEVEL": "WARNING", "GPULET_DEADLINE_FACTOR": f"{args.deadline_factor:g}",
+           "GPULET_BATCHING": args.batching}  # fmt: skip
     with gpulet_up(up_args, env, log_path) as (base, up_pid):
         router = psutil.Process(router_pid(up_pid))
         rss: list[float] = [router.memory_info().rss / 2**20]
@@ -161,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=2.0,
         help="GPULET_DEADLINE_FACTOR: deadline = SLO x this (default 2)",
     )
+    parser.add_argument("--batching", default="work-conserving",
+                        choices=("work-conserving", "duty-cycle"),
+                        help="GPULET_BATCHING (default: the product's, work-conserving)")
     parser.add_argument("--repeats", type=int, default=1, help="runs, each a fresh system")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
