@@ -29,14 +29,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 # Run as a script: this folder is on sys.path, so the sibling modules import by name.
-from overhead import make_inputs, measure_raw
+from overhead import Spread, make_inputs, measure_raw
 from system import gpulet_up, http_get
 
 from common.models import CATALOG
@@ -57,20 +56,6 @@ MODES: dict[str, dict[str, str]] = {"default": {}, "duty-cycle": {"GPULET_BATCHI
 NOOP_ADDED_P50_GOAL_MS = 1.0
 RESNET18_P50_GOAL = 1.1  # x (in-process + body decode)
 NOOP_C64_BEFORE_RPS = 2415.0  # the issue's wrk figure for the code before this change
-
-
-@dataclass(frozen=True)
-class Spread:
-    median: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        return cls(statistics.median(values), min(values), max(values))
-
-    def show(self, digits: int = 2) -> str:
-        return f"{self.median:.{digits}f} [{self.low:.{digits}f}-{self.high:.{digits}f}]"
 
 
 def body(model: str, slo_ms: float) -> bytes:

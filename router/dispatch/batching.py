@@ -45,8 +45,9 @@ ADMIT_HEADROOM = 0.1
 PIPELINE_DEPTH = 2
 # An idle gpu-let whose figure for a model rests on less than this much recent evidence (sample
 # weight, estimates.py: a fresh profile, or samples aged away) admits a request even where that
-# figure says it will be late: a probe. A pessimistic profile, or a figure learned in a burst,
-# would otherwise refuse every request for ever, and a refused request teaches nothing.
+# figure says it will miss its SLO (not its deadline, SLO x GPULET_DEADLINE_FACTOR): a probe.
+# A pessimistic profile, or a figure learned in a burst, would otherwise refuse every request
+# for ever, and a refused request teaches nothing.
 PROBE_BELOW_SAMPLES = 1.0
 
 

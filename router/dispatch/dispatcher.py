@@ -478,7 +478,9 @@ class Dispatcher:
                 best = prediction
             if prediction.finish_ms <= admit_by_ms:
                 break
-            if prediction.probe and probe is None:
+            # A probe still has to be predicted to make its deadline: else the queue would
+            # only drop it unsent.
+            if prediction.probe and probe is None and prediction.finish_ms <= deadline_ms:
                 probe = queue
         else:
             if probe is not None and admit_by_ms > arrived_ms:

@@ -19,6 +19,7 @@ import pytest
 
 from common.procs import free_port
 from tests.support import http
+from tests.support.up import gpulet_up
 
 pytestmark = pytest.mark.timeout(180)
 READY_TIMEOUT_S = 120.0
@@ -138,30 +139,12 @@ def test_up_exits_non_zero_naming_the_model_whose_warm_up_fails(
 def test_up_keep_going_serves_the_models_that_work_and_says_which_failed(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    up = subprocess.Popen(
-        [sys.executable, "-m", "common.cli.main", "up", "--port", str(port),
-         "--models", "noop,lenet", "--no-build", "--keep-going"],
-        env=with_broken_noop(model_dir, tmp_path), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=read_lines, args=(up.stdout, lines), daemon=True)
-    reader.start()
-    try:
-        ready, seen = wait_for_line(lines, r"gpulet is ready at", READY_TIMEOUT_S)
+    args = ["--models", "noop,lenet", "--no-build", "--keep-going"]
+    with gpulet_up(args, with_broken_noop(model_dir, tmp_path), ready=False) as up:
+        ready, seen = up.wait_for_line(r"gpulet is ready at", READY_TIMEOUT_S)
         assert "(models: lenet)" in ready
         assert "gpulet: model noop failed" in seen and "serves lenet only" in seen
         image = np.zeros((1, 1, 28, 28), np.float32).tolist()
         body = orjson.dumps({"model": "lenet", "inputs": {"input": image}})
-        answer = http.request("POST", f"http://127.0.0.1:{port}/v1/infer", body)
+        answer = http.request("POST", f"{up.url}/v1/infer", body)
         assert answer.status == 200, answer.body
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=60) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        reader.join(timeout=10)
-        if up.stdout is not None:
-            up.stdout.close()
