@@ -119,6 +119,11 @@ class RouterSettings(CommonSettings):
         "when one falls; 0 keeps the first plan",
     )
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After on 503 answers")
+    admin_token: str | None = Field(
+        default=None,
+        description="when set (non-empty), model load/unload need `Authorization: Bearer` with "
+        "it; inference stays open",
+    )
     model_load_timeout_s: float = Field(
         default=120.0,
         gt=0,

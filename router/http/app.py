@@ -32,6 +32,7 @@ from router.dispatch.agent_client import AgentClient
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
 from router.http import codec, oip, openapi
+from router.http.admin import admin_dependencies
 from router.http.bodies import read_body
 from router.http.failure_log import FailureLog
 from router.http.inflight import Door, InflightLimiter
@@ -85,12 +86,9 @@ def error_response(error: GpuletError, request_id: str | None = None) -> Respons
     body = error.to_body()
     if request_id is not None:
         body["error"].setdefault("request_id", request_id)
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     return Response(
         codec.dumps(body), status_code=error.status, media_type="application/json",
-        headers=headers,
+        headers=error.headers(),
     )  # fmt: skip
 
 
@@ -157,7 +155,10 @@ def create_app(
     app.include_router(oip.build_router(settings, models, dispatcher, controller, arrivals))
     # `models` is the served set, changed in place by model load/unload: /v1 and /v2 read it.
     app.include_router(
-        repository_routes(Repository(settings, models, controller, dispatcher, store))
+        repository_routes(
+            Repository(settings, models, controller, dispatcher, store),
+            admin_dependencies(settings.admin_token),
+        )
     )
     openapi.install(app)  # validation errors are documented as the 400s they answer
 
@@ -169,11 +170,13 @@ def create_app(
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = f"{exc.detail}: {request.method} {request.url.path}"
+        # Starlette's own headers, e.g. a 405's `Allow` (the methods the path answers, RFC 9110).
+        headers = dict(exc.headers or {})
         if request.url.path.startswith(oip.PREFIX):  # OIP clients read {"error": "<message>"}
-            return oip.plain_error(exc.status_code, code, message)
+            return oip.plain_error(exc.status_code, code, message, headers)
         body = {"error": {"code": code, "message": message}}
         return Response(codec.dumps(body), status_code=exc.status_code,
-                        media_type="application/json")  # fmt: skip
+                        media_type="application/json", headers=headers)  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -191,7 +194,9 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"example": INFER_EXAMPLE}},
+                "content": {
+                    "application/json": {"schema": openapi.V1_INFER_BODY, "example": INFER_EXAMPLE}
+                },
             }
         },
     )
