@@ -57,6 +57,11 @@ class CommonSettings(BaseSettings):
 class RouterSettings(CommonSettings):
     router_host: str = "127.0.0.1"
     router_port: int = 8000
+    router_id: str | None = Field(
+        default=None,
+        description="this router's identity in Redis (routers sharing a cluster register and "
+        "elect a planner); default: <hostname>-<port>-<random>",
+    )
     max_batch: int = Field(default=64, ge=1, description="largest batch one request may carry")
     scheduler: str = Field(
         default="gpulet+int",
