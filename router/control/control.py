@@ -135,7 +135,10 @@ class Controller:
         self._record: PlanRecord | None = None  # what `target` was planned from
         self._profile_key: str | None = None  # the key `profile` was loaded from
         self._store_back_s = -REREGISTER_GRACE_S  # when Redis came back (empty or after an outage)
-        self._outage = OutageLog(logger, "control loop (Redis)")
+        self._failing = False  # the last step could not reach Redis
+        # One WARNING per Redis outage, shared with the membership loop when there is one.
+        self._outage = membership.outage if membership is not None else \
+            OutageLog(logger, "control loop (Redis)")  # fmt: skip
         self.on_store_reset: Callable[[], Awaitable[None]] | None = None  # e.g. re-put the models
 
     @property
@@ -204,10 +207,12 @@ class Controller:
         while True:
             try:
                 await self.step()
-                if self._outage.ok() is not None:
-                    self._store_back_s = self.clock()  # agents' keys may have expired meanwhile
+                self._outage.ok()
+                if self._failing:  # agents' keys may have expired meanwhile
+                    self._store_back_s, self._failing = self.clock(), False
             except Unavailable as exc:  # Redis unreachable: expected, one line per outage
                 self._outage.failed(exc.message)
+                self._failing = True
             except GpuletError as exc:
                 logger.warning("control step failed: %s; retrying", exc.message)
             except Exception:
@@ -325,7 +330,7 @@ class Controller:
         if found is None and self.target.version > 0:
             plan = None if self._record is None else self._record.to_json()
             if await self.store.restore_placement(self.target, plan, holder=holder):
-                logger.warning("placement version=%d written back to Redis", self.target.version)
+                logger.info("placement version=%d written back to Redis", self.target.version)
                 if self.on_store_reset is not None:
                     await self.on_store_reset()
             return self.target

@@ -53,6 +53,7 @@ class Membership:
         *,
         publish: Callable[[], Published] = Published,
         clock: Callable[[], float] = time.monotonic,
+        outage: OutageLog | None = None,
     ) -> None:
         self.store = store
         self.router_id = router_id
@@ -63,7 +64,8 @@ class Membership:
         self.holder: str | None = None  # who held the lease at the last look
         self.on_lead: Callable[[], None] | None = None  # called when this router takes the lease
         self._held_until_s = 0.0
-        self._outage = OutageLog(logger, f"router={router_id} membership (Redis)")
+        # Shared with the control loop: one WARNING per Redis outage for the whole router.
+        self.outage = outage or OutageLog(logger, f"router={router_id} (Redis)")
 
     @property
     def is_leader(self) -> bool:
@@ -125,9 +127,9 @@ class Membership:
         while True:
             try:
                 await self.step()
-                self._outage.ok()
+                self.outage.ok()
             except Unavailable as exc:
-                self._outage.failed(exc.message)
+                self.outage.failed(exc.message)
             except Exception:
                 logger.exception("membership step failed router=%s", self.router_id)
             await asyncio.sleep(RENEW_INTERVAL_S)
