@@ -91,7 +91,7 @@ def resolve(url: str | None) -> RedisHandle:
 
 def start_server(binary: str, *, source: RedisSource, append_only: bool = False) -> RedisHandle:
     """A server on a free loopback port in a fresh directory; persistence off, or with
-    `append_only` an AOF there (it then comes back with its data after a restart)."""
+    `append_only` an AOF there, synced on every write (it comes back with its data)."""
     last_error = ""
     for _ in range(START_ATTEMPTS):
         workdir = tempfile.TemporaryDirectory(prefix="gpulet-redis-")
@@ -102,6 +102,8 @@ def start_server(binary: str, *, source: RedisSource, append_only: bool = False)
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "yes" if append_only else "no",
+            # With an AOF, every write is on disk before it is acknowledged.
+            "--appendfsync", "always",
             "--dir", workdir.name,
             "--loglevel", "warning",
             "--logfile", str(Path(workdir.name) / "redis.log"),

@@ -38,15 +38,20 @@ async def test_the_lease_of_a_silent_holder_is_taken_over_within_its_ttl(store: 
     one = Membership(store, "r1", "http://one")
     two = Membership(store, "r2", "http://two")
     took: list[float] = []
-    two.on_lead = lambda: took.append(time.monotonic())
+    leading = asyncio.Event()
+
+    def on_lead() -> None:
+        took.append(time.monotonic())
+        leading.set()
+
+    two.on_lead = on_lead
     await one.step()
     assert one.is_leader
     silent_at = time.monotonic()  # r1 stops renewing (as if SIGKILLed)
     task = asyncio.create_task(two.run_forever())
     try:
         async with asyncio.timeout(LEASE_TTL_S + 3 * RENEW_INTERVAL_S):
-            while not took:
-                await asyncio.sleep(0.05)  # polls an observable condition; noqa: sleep-ok
+            await leading.wait()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
