@@ -222,14 +222,16 @@ class Controller:
                     await self._wake.wait()
             self._wake.clear()
 
-    async def step(self) -> None:
+    async def step(self, *, lead: bool | None = None) -> None:
+        """One pass of the loop; `lead=False`: follow the stored placement only, whoever holds
+        the lease (a router starting: it routes to the running gpu-lets before it listens)."""
         stored = await self.store.placement()
         if stored is None and self.target.version > 0:
             self._store_reset()
         self.agents = self._with_vanished(await self.store.agents())
         if stored is not None and stored.version != self.target.version:
             await self._adopt(stored)
-        leading = self.leading
+        leading = self.leading if lead is None else lead
         target = await self._current_placement(self.agents, stored) if leading else self.target
         urls = {a.agent_id: a.url for a in self.agents}
         in_use = self.in_use()

@@ -88,8 +88,12 @@ class GpuletQueue:
         clock: Callable[[], float],
         observer: DispatchObserver,
         work_conserving: bool = True,
+        share: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.route = route
+        # The share of the gpu-let this router feeds (Dispatcher.capacity_share): with other
+        # routers' batches queued at the agent too, it keeps fewer of its own there.
+        self.share = share
         self.client = client
         self.clock = clock
         self.observer = observer
@@ -227,7 +231,8 @@ class GpuletQueue:
         self._refresh(now_ms)
         decision = decide(
             [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
-            self.busy_until_ms, may_send=len(self._predicted_ms) < MAX_BATCHES_IN_FLIGHT,
+            self.busy_until_ms,
+            may_send=len(self._predicted_ms) < batches_in_flight(self.share()),
             running=len(self._predicted_ms), work_conserving=self.work_conserving,
         )  # fmt: skip
         for request_id in decision.drop:
@@ -402,7 +407,8 @@ class Dispatcher:
             if gpulet_id not in self.queues:
                 self.queues[gpulet_id] = GpuletQueue(route, self.views(route), self.client,
                                                      self.clock, self.observer,
-                                                     self.work_conserving)  # fmt: skip
+                                                     self.work_conserving,
+                                                     share=self.capacity_share)  # fmt: skip
 
     def in_use(self) -> set[str]:
         """Gpu-lets that have a queue, or a queue still draining: not to be stopped yet."""
@@ -558,6 +564,13 @@ def shared_prediction(prediction: Prediction, now_ms: float, share: float) -> Pr
     wait_ms, ahead_ms = prediction.wait_ms / share, prediction.ahead_ms / share
     return replace(prediction, finish_ms=now_ms + wait_ms + ahead_ms + prediction.own_ms,
                    wait_ms=wait_ms, ahead_ms=ahead_ms)  # fmt: skip
+
+
+def batches_in_flight(share: float) -> int:
+    """This router's part of MAX_BATCHES_IN_FLIGHT at a gpu-let it feeds `share` of: the
+    agent then holds about as many batches as with one router, and each router's next batch
+    grows while the others' run (at least one: a router always gets to send)."""
+    return max(1, round(MAX_BATCHES_IN_FLIGHT * share))
 
 
 def _refusal(

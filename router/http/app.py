@@ -161,6 +161,9 @@ def create_app(
         # Membership first: a router alone takes the lease before its first control step.
         with contextlib.suppress(GpuletError):
             await membership.step()
+            # Routes to the gpu-lets already running (a restarted or added router) before it
+            # listens: its first requests find them instead of a 503.
+            await controller.step(lead=False)
         tasks = [asyncio.create_task(membership.run_forever(), name="membership"),
                  asyncio.create_task(controller.run_forever(), name="control-loop")]  # fmt: skip
         logger.info("router up id=%s models=%s", router_id, ",".join(models))
