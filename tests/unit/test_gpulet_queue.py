@@ -155,3 +155,26 @@ async def test_close_waits_for_a_send_handed_to_its_caller_inline() -> None:
     await closing
     assert future.done()
     await agent.close()
+
+
+def test_each_of_several_routers_keeps_its_share_of_batches_in_flight() -> None:
+    from router.dispatch.dispatcher import batches_in_flight
+
+    assert batches_in_flight(1.0) == MAX_BATCHES_IN_FLIGHT
+    assert batches_in_flight(0.5) == 1
+    assert batches_in_flight(0.1) == 1  # always at least one
+
+
+async def test_a_shared_gpulet_doubles_the_predicted_wait_not_the_own_batch() -> None:
+    now = [1000.0]
+    route = Route(GpuletSpec("g", "a", "d", (), (GpuletModel("m", 1),)), "http://agent")
+    view = GpuletPlanView(10.0, (ModelTurn("m", 1, (PREDICTED_MS,)),))
+    queue = GpuletQueue(route, view, HeldAgent(), lambda: now[0], NoObserver())
+    queue.busy_until_ms = now[0] * 1000 + 3 * PREDICTED_MS  # three batches ahead of it
+    pending = Pending("r", "m", 1, now[0] * 1000, now[0] * 1000 + 10_000)
+    alone = queue.finish_ms(pending, now[0] * 1000, 10_000) - now[0] * 1000
+    shared = queue.finish_ms(pending, now[0] * 1000, 10_000, share=0.5) - now[0] * 1000
+    own_ms = PREDICTED_MS * 1.1  # admission's headroom (batching.ADMIT_HEADROOM)
+    assert alone == pytest.approx(3 * PREDICTED_MS + own_ms)
+    assert shared == pytest.approx(2 * 3 * PREDICTED_MS + own_ms)
+    await queue.close()
