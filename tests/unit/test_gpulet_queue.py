@@ -165,16 +165,14 @@ def test_each_of_several_routers_keeps_its_share_of_batches_in_flight() -> None:
     assert batches_in_flight(0.1) == 1  # always at least one
 
 
-async def test_a_shared_gpulet_doubles_the_predicted_wait_not_the_own_batch() -> None:
-    now = [1000.0]
-    route = Route(GpuletSpec("g", "a", "d", (), (GpuletModel("m", 1),)), "http://agent")
-    view = GpuletPlanView(10.0, (ModelTurn("m", 1, (PREDICTED_MS,)),))
-    queue = GpuletQueue(route, view, HeldAgent(), lambda: now[0], NoObserver())
-    queue.busy_until_ms = now[0] * 1000 + 3 * PREDICTED_MS  # three batches ahead of it
-    pending = Pending("r", "m", 1, now[0] * 1000, now[0] * 1000 + 10_000)
-    alone = queue.finish_ms(pending, now[0] * 1000, 10_000) - now[0] * 1000
-    shared = queue.finish_ms(pending, now[0] * 1000, 10_000, share=0.5) - now[0] * 1000
-    own_ms = PREDICTED_MS * 1.1  # admission's headroom (batching.ADMIT_HEADROOM)
-    assert alone == pytest.approx(3 * PREDICTED_MS + own_ms)
-    assert shared == pytest.approx(2 * 3 * PREDICTED_MS + own_ms)
-    await queue.close()
+def test_a_shared_gpulet_doubles_the_predicted_wait_not_the_own_batch() -> None:
+    from router.dispatch.batching import NOT_SERVED, Prediction
+    from router.dispatch.dispatcher import shared_prediction
+
+    now_ms = 1000.0
+    alone = Prediction(now_ms + 300 + 200 + 110, wait_ms=300, ahead_ms=200, own_ms=110)
+    assert shared_prediction(alone, now_ms, 1.0) == alone  # one router: unchanged
+    halved = shared_prediction(alone, now_ms, 0.5)
+    assert (halved.wait_ms, halved.ahead_ms, halved.own_ms) == (600, 400, 110)
+    assert halved.finish_ms == now_ms + 600 + 400 + 110
+    assert shared_prediction(NOT_SERVED, now_ms, 0.5) is NOT_SERVED
