@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from common.cluster import AgentInfo, measures_own_profile
 from common.errors import GpuletError, Unavailable
@@ -36,7 +36,7 @@ from common.profiles import DeviceProfile
 from common.store import FencedOut, Store
 from router.control.membership import Membership
 from router.control.placement_rule import static_placement
-from router.control.plan_record import PlanRecord, inputs_digest
+from router.control.plan_record import PlanRecord, ReplanEvent, Wanted, inputs_digest
 from router.control.profile_source import load_profile
 from router.control.rates import RateMonitor
 from router.control.replanning import Targets, planned_rates, replan_reason, target_rates
@@ -57,28 +57,6 @@ EVENTS_KEPT = 1000  # re-plans remembered for /v1/cluster (a router runs for mon
 REREGISTER_GRACE_S = 10.0
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReplanEvent:
-    """One placement written, for /v1/cluster and the load generator's plot."""
-
-    version: int
-    at_s: float  # time.time()
-    reason: str  # "agents" | "rise" | "fall"
-    step: str  # the planner's step: "initial", "incremental", "full", "more_devices", "static"
-    serving_at_s: float | None = None  # time.time() when every model had switched to it
-
-
-@dataclass(frozen=True)
-class Wanted:
-    """A placement to deploy, why, and what the controller adopts once it is written."""
-
-    placement: Placement
-    reason: str
-    step: str
-    plan: Plan | None = None  # the scheduler's plan behind it (None: the static rule)
-    inputs: object = None  # the agents and profiles a fresh plan was made for
 
 
 class Controller:

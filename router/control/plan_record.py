@@ -1,5 +1,5 @@
 """What a placement was planned from, stored beside it (pure): the scheduler's plan, the profile
-key, the SLOs and declared rates, and a digest of the agents' devices.
+key, the SLOs and declared rates, and a digest of the agents' devices; and the re-plans written.
 
 A router that starts, or takes over planning, reads it and adopts the running placement as if
 it had planned it: it keeps the gpu-lets (no worker restarts) and re-plans only when the rates,
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common.placement import Placement
 from router.scheduling.types import Plan, PlannedGpulet, PlannedModel
 
 
@@ -83,3 +84,25 @@ def plan_from_json(data: Mapping[str, Any]) -> Plan:
         explanation=tuple(data.get("explanation", ())),
         shortfall_rps={str(k): float(v) for k, v in data.get("shortfall_rps", {}).items()},
     )
+
+
+@dataclass(frozen=True)
+class ReplanEvent:
+    """One placement written, for /v1/cluster and the load generator's plot."""
+
+    version: int
+    at_s: float  # time.time()
+    reason: str  # "agents" | "rise" | "fall"
+    step: str  # the planner's step: "initial", "incremental", "full", "more_devices", "static"
+    serving_at_s: float | None = None  # time.time() when every model had switched to it
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A placement to deploy, why, and what the controller adopts once it is written."""
+
+    placement: Placement
+    reason: str
+    step: str
+    plan: Plan | None = None  # the scheduler's plan behind it (None: the static rule)
+    inputs: object = None  # the agents and profiles a fresh plan was made for
