@@ -19,10 +19,12 @@ from agent.devices import allowed_cores, discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
 from agent.model_prep import ModelPreparer
 from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publish_profile
-from agent.profiling.cache import NO_PROFILE
+from agent.profiling.cache import NO_PROFILE, republish_profile
 from agent.simulated import SimulatedExecutor, fitted_interference
 from agent.supervisor import Supervisor
 from common.cluster import AgentInfo, DeviceInfo, simulated_key
+from common.errors import Unavailable
+from common.outage import OutageLog
 from common.profiles import find_profile
 from common.settings import AgentSettings
 from common.store import Store
@@ -34,15 +36,24 @@ class MissingRedis(RuntimeError):
     pass
 
 
-async def heartbeat_loop(store: Store, state: AgentState, ttl_s: float,
-                         interval_s: float) -> None:  # fmt: skip
-    """Renew our registration forever; a failed beat is logged and the next one tries again."""
+async def heartbeat_loop(store: Store, state: AgentState, settings: AgentSettings) -> None:
+    """Renew our registration forever. Redis unreachable is one WARNING per outage (OutageLog),
+    not a line per beat. A beat that finds us unregistered (Redis restarted empty, or our key
+    expired while we were stalled) registers us again and puts our profile rows back."""
+    outage = OutageLog(logger, f"agent={state.info.agent_id} heartbeat (Redis)")
     while True:
         try:
-            await store.heartbeat(state.info, state.supervisor.statuses(), ttl_s)
+            fresh = await store.heartbeat(state.info, state.supervisor.statuses(),
+                                          settings.heartbeat_ttl_s)  # fmt: skip
+            outage.ok()
+            if fresh:
+                logger.info("agent=%s registered again (Redis had lost it)", state.info.agent_id)
+                await republish_profile(store, settings, state.info.profile_key)
+        except Unavailable as exc:
+            outage.failed(exc.message)
         except Exception:
             logger.exception("heartbeat failed agent=%s", state.info.agent_id)
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(settings.heartbeat_interval_s)
 
 
 async def announce_profile(
@@ -57,8 +68,10 @@ async def announce_profile(
         logger.exception("profiling failed; the router falls back to its static rule")
         key = NO_PROFILE
     state.info = replace(state.info, profile_key=key)
-    await store.heartbeat(state.info, state.supervisor.statuses(), settings.heartbeat_ttl_s)
     logger.info("profile ready key=%s", key)
+    # The heartbeat loop advertises it; beating now only saves the router up to one interval.
+    with contextlib.suppress(Unavailable):
+        await store.heartbeat(state.info, state.supervisor.statuses(), settings.heartbeat_ttl_s)
 
 
 def build_executor(settings: AgentSettings) -> tuple[tuple[DeviceInfo, ...], GpuletExecutor]:
@@ -120,9 +133,7 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         if isinstance(supervisor, NvidiaSupervisor):
             await publish_profile(store, settings, supervisor.profile_key)
         await store.heartbeat(info, [], settings.heartbeat_ttl_s)
-        beat = asyncio.create_task(
-            heartbeat_loop(store, state, settings.heartbeat_ttl_s, settings.heartbeat_interval_s)
-        )
+        beat = asyncio.create_task(heartbeat_loop(store, state, settings))
         cpu = [d for d in devices if d.kind == "cpu"]
         if cpu and settings.profile_on_start:
             state.preparer = ModelPreparer(store, settings, cpu[0], agent_id)

@@ -3,6 +3,8 @@
     GpuletError                      500 internal
     ├── BadRequest                   400 bad_request       malformed body, missing/extra
     │                                                      input, wrong shape/dtype, not numbers
+    ├── Unauthorized                 401 unauthorized      an admin endpoint without the
+    │                                                      GPULET_ADMIN_TOKEN bearer token
     ├── UnknownModel                 404 unknown_model     lists the known models
     ├── NotLoadable                  409 not_loadable      model load: the cluster cannot
     │                                                      serve it (e.g. no profile rows)
@@ -35,10 +37,24 @@ class GpuletError(Exception):
     def to_body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries: Retry-After when there is one."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
 
 class BadRequest(GpuletError):
     code = "bad_request"
     status = 400
+
+
+class Unauthorized(GpuletError):
+    code = "unauthorized"
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}  # RFC 6750: the scheme the client must use
 
 
 class UnknownModel(GpuletError):
@@ -89,6 +105,7 @@ _BY_CODE: dict[str, type[GpuletError]] = {
     for cls in (
         GpuletError,
         BadRequest,
+        Unauthorized,
         UnknownModel,
         NotLoadable,
         PayloadTooLarge,

@@ -38,6 +38,18 @@ class RedisHandle:
     binary: str | None = None
     process: subprocess.Popen[bytes] | None = None
     workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    args: list[str] = field(default_factory=list)  # how `process` was started
+
+    def restart(self) -> None:
+        """Start the server we started again, on the same port and directory (a client's URL
+        stays right); it comes back empty unless it persists. Raises RedisStartError."""
+        if not self.args:
+            raise RedisStartError(f"redis at {self.url} was not started here; cannot restart it")
+        if self.process is not None and self.process.poll() is None:
+            stop_process(self.process, timeout_s=5.0)
+        self.process = _spawn(self.args)
+        if not _wait_ready(self.url, self.process):
+            raise RedisStartError(f"{self.binary} did not start again on {self.url}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -77,7 +89,9 @@ def resolve(url: str | None) -> RedisHandle:
     )
 
 
-def start_server(binary: str, *, source: RedisSource) -> RedisHandle:
+def start_server(binary: str, *, source: RedisSource, append_only: bool = False) -> RedisHandle:
+    """A server on a free loopback port in a fresh directory; persistence off, or with
+    `append_only` an AOF there, synced on every write (it comes back with its data)."""
     last_error = ""
     for _ in range(START_ATTEMPTS):
         workdir = tempfile.TemporaryDirectory(prefix="gpulet-redis-")
@@ -87,26 +101,30 @@ def start_server(binary: str, *, source: RedisSource) -> RedisHandle:
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if append_only else "no",
+            # With an AOF, every write is on disk before it is acknowledged.
+            "--appendfsync", "always",
             "--dir", workdir.name,
             "--loglevel", "warning",
             "--logfile", str(Path(workdir.name) / "redis.log"),
         ]  # fmt: skip
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
+        proc = _spawn(args)
         url = f"redis://127.0.0.1:{port}/0"
         if _wait_ready(url, proc):
             logger.info("redis started source=%s url=%s pid=%s", source, url, proc.pid)
-            return RedisHandle(url, source, binary=binary, process=proc, workdir=workdir)
+            return RedisHandle(url, source, binary=binary, process=proc, workdir=workdir,
+                               args=args)  # fmt: skip
         stop_process(proc, timeout_s=2.0)
         log = Path(workdir.name) / "redis.log"
         last_error = log.read_text(errors="replace")[-500:] if log.exists() else ""
         workdir.cleanup()
     raise RedisStartError(f"{binary} did not start after {START_ATTEMPTS} tries: {last_error}")
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+    )
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> bool:

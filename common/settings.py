@@ -57,6 +57,11 @@ class CommonSettings(BaseSettings):
 class RouterSettings(CommonSettings):
     router_host: str = "127.0.0.1"
     router_port: int = 8000
+    router_id: str | None = Field(
+        default=None,
+        description="this router's identity in Redis (routers sharing a cluster register and "
+        "elect a planner); default: <hostname>-<port>-<random>",
+    )
     max_batch: int = Field(default=64, ge=1, description="largest batch one request may carry")
     scheduler: str = Field(
         default="gpulet+int",
@@ -119,6 +124,11 @@ class RouterSettings(CommonSettings):
         "when one falls; 0 keeps the first plan",
     )
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After on 503 answers")
+    admin_token: str | None = Field(
+        default=None,
+        description="when set (non-empty), model load/unload need `Authorization: Bearer` with "
+        "it; inference stays open",
+    )
     model_load_timeout_s: float = Field(
         default=120.0,
         gt=0,

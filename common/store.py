@@ -3,10 +3,14 @@
 Key schema, all under one configurable prefix P:
     P agent:{agent_id}      JSON AgentInfo, expires unless the agent's heartbeat renews it
     P gpulets:{agent_id}    JSON list of GpuletStatus, same TTL as the agent
-    P placement             hash: version (only ever grows, HINCRBY in MULTI), body (JSON)
+    P placement             hash: version (grows by one per write), body (JSON), plan (JSON:
+                            what the router planned it from, so another router can adopt it)
     P models                hash: model name -> JSON signature
     P profile:{key}         hash: profile (JSON DeviceProfile), meta (JSON: machine facts, each
                             model's fingerprint and when it was measured); key e.g. "cpu:<machine>"
+    P lease                 the id of the router that plans and reconciles (expires unless it
+                            renews it); placement writes are fenced by it and by the version
+    P router:{router_id}    JSON: a live router (rates, gpu-lets in use), expires unless renewed
 Nothing on a request's hot path reads from here.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
@@ -27,6 +32,45 @@ from common.placement import Placement
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Lua, so that each check-and-write is one atomic step on the server.
+# KEYS: placement, lease. ARGV: holder, expected version, body, plan. -> the new version, or
+# -1 (the lease is not the holder's) / -2 (another placement was written since it read one).
+_WRITE_PLACEMENT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if ARGV[2] ~= '' and version ~= tonumber(ARGV[2]) then return -2 end
+version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'body', ARGV[3], 'plan', ARGV[4])
+return version
+"""
+# KEYS: placement, lease. ARGV: holder, version, body, plan. Writes the placement back at its
+# own version when the store has an older one or none (it restarted empty). -> 1 written, 0 not.
+_RESTORE_PLACEMENT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'body', ARGV[3], 'plan', ARGV[4])
+return 1
+"""
+# KEYS: lease. ARGV: holder, ttl ms. Take the lease when free, renew it when ours. -> 1 held.
+_ACQUIRE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class FencedOut(Exception):
+    """A placement write refused: the writer no longer holds the lease, or the placement it
+    planned from was replaced meanwhile. It must read the store again, not retry blindly."""
 
 
 def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -46,6 +90,10 @@ class Store:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self._write_placement = client.register_script(_WRITE_PLACEMENT)
+        self._restore_placement = client.register_script(_RESTORE_PLACEMENT)
+        self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> Store:
@@ -76,20 +124,31 @@ class Store:
     def _profile_key(self, key: str) -> str:
         return f"{self.prefix}profile:{key}"
 
+    @property
+    def _lease_key(self) -> str:
+        return f"{self.prefix}lease"
+
+    def _router_key(self, router_id: str) -> str:
+        return f"{self.prefix}router:{router_id}"
+
     # agents -------------------------------------------------------------------------------
     @_redis_errors
     async def heartbeat(
         self, agent: AgentInfo, gpulets: Iterable[GpuletStatus], ttl_s: float
-    ) -> None:
+    ) -> bool:
+        """Renew the agent's registration; True when it was not registered (first beat, its
+        key expired, or Redis restarted empty): what it published besides may be gone too."""
         ttl_ms = max(1, int(ttl_s * 1000))
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._agent_key(agent.agent_id), orjson.dumps(agent.to_json()), px=ttl_ms)
+            key = self._agent_key(agent.agent_id)
+            pipe.set(key, orjson.dumps(agent.to_json()), px=ttl_ms, get=True)
             pipe.set(
                 self._gpulets_key(agent.agent_id),
                 orjson.dumps([g.to_json() for g in gpulets]),
                 px=ttl_ms,
             )
-            await pipe.execute()
+            previous, _ = await pipe.execute()
+        return previous is None
 
     @_redis_errors
     async def remove_agent(self, agent_id: str) -> None:
@@ -125,19 +184,89 @@ class Store:
         return Placement.from_json({**orjson.loads(body), "version": int(version)})
 
     @_redis_errors
-    async def write_placement(self, proposal: Placement) -> Placement:
-        """Store `proposal` as the next version; one MULTI, so concurrent writers never clash."""
-        body = orjson.dumps({k: v for k, v in proposal.to_json().items() if k != "version"})
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self._placement_key, "version", 1)
-            pipe.hset(self._placement_key, "body", body)
-            version, _ = await pipe.execute()
-        return Placement(
-            version=int(version),
-            gpulets=proposal.gpulets,
-            explanation=proposal.explanation,
-            unplaced=proposal.unplaced,
-        )
+    async def placement_plan(self) -> tuple[int, dict[str, Any]] | None:
+        """The stored placement's version and what it was planned from (None: nothing, or a
+        placement written without it)."""
+        version, plan = await self.client.hmget(self._placement_key, ["version", "plan"])
+        if version is None or not plan:
+            return None
+        found = orjson.loads(plan)
+        return (int(version), found) if found else None
+
+    @_redis_errors
+    async def write_placement(
+        self,
+        proposal: Placement,
+        plan: dict[str, Any] | None = None,
+        *,
+        holder: str | None = None,
+        expected_version: int | None = None,
+    ) -> Placement:
+        """Store `proposal` (and the `plan` behind it) as the next version, atomically.
+
+        Fenced: with `holder`, only while that router holds the lease; with `expected_version`,
+        only if the stored version is still that one. Otherwise FencedOut."""
+        written = await self._write_placement(
+            keys=[self._placement_key, self._lease_key],
+            args=[holder or "", "" if expected_version is None else expected_version,
+                  _placement_body(proposal), orjson.dumps(plan)],
+        )  # fmt: skip
+        if int(written) < 0:
+            why = "the lease is not held by " if int(written) == -1 else "a newer placement than "
+            raise FencedOut(f"placement not written: {why}{holder or expected_version}")
+        return replace(proposal, version=int(written))
+
+    @_redis_errors
+    async def restore_placement(
+        self, placement: Placement, plan: dict[str, Any] | None, *, holder: str | None = None
+    ) -> bool:
+        """Write `placement` back at its own version if the store lost it (restarted empty) or
+        holds an older one; with `holder`, only while it holds the lease. True when written."""
+        written = await self._restore_placement(
+            keys=[self._placement_key, self._lease_key],
+            args=[holder or "", placement.version, _placement_body(placement),
+                  orjson.dumps(plan)],
+        )  # fmt: skip
+        return bool(int(written))
+
+    # the planner's lease and the routers -------------------------------------------------
+    @_redis_errors
+    async def acquire_lease(self, holder: str, ttl_s: float) -> bool:
+        """Take the lease if nobody holds it, renew it if `holder` does; True when held."""
+        ttl_ms = max(1, int(ttl_s * 1000))
+        return bool(int(await self._acquire_lease(keys=[self._lease_key], args=[holder, ttl_ms])))
+
+    @_redis_errors
+    async def release_lease(self, holder: str) -> None:
+        await self._release_lease(keys=[self._lease_key], args=[holder])
+
+    @_redis_errors
+    async def lease_holder(self) -> str | None:
+        holder = await self.client.get(self._lease_key)
+        return holder.decode() if isinstance(holder, bytes) else holder
+
+    @_redis_errors
+    async def register_router(self, router_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        await self.client.set(self._router_key(router_id), orjson.dumps(info), px=ttl_ms)
+
+    @_redis_errors
+    async def remove_router(self, router_id: str) -> None:
+        await self.client.delete(self._router_key(router_id))
+
+    @_redis_errors
+    async def routers(self) -> dict[str, dict[str, Any]]:
+        """Every live router's registration, by id."""
+        keys = [k async for k in self.client.scan_iter(match=f"{self.prefix}router:*", count=500)]
+        if not keys:
+            return {}
+        values = await self.client.mget(keys)
+        found = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                found[name.removeprefix(f"{self.prefix}router:")] = orjson.loads(value)
+        return found
 
     # models -------------------------------------------------------------------------------
     @_redis_errors
@@ -179,6 +308,10 @@ class Store:
         if keys:
             await self.client.delete(*keys)
         return len(keys)
+
+
+def _placement_body(placement: Placement) -> bytes:
+    return orjson.dumps({k: v for k, v in placement.to_json().items() if k != "version"})
 
 
 def _spec_json(spec: ModelSpec) -> dict[str, Any]:

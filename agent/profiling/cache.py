@@ -87,3 +87,21 @@ async def ensure_agent_profile(
     if found is not None:
         write_cached(path, found[0], found[1])
     return key
+
+
+async def republish_profile(store: Store, settings: AgentSettings, key: str | None) -> bool:
+    """Put the profile under `key` back into Redis from the disk cache when Redis lost it (it
+    restarted empty): routers that start later, or read it again, find it. True when written.
+    Keys with no disk cache (simulated GPUs, shared profiles by name) have nothing to put."""
+    if not key or key == NO_PROFILE:
+        return False
+    path = cache_path(settings, key)
+    if not path.exists() or await store.profile(key) is not None:
+        return False
+    try:
+        await store.put_profile(key, *read_cached(path))
+    except (OSError, orjson.JSONDecodeError, KeyError) as exc:
+        logger.warning("profile cache %s unreadable (%s); not published again", path, exc)
+        return False
+    logger.info("profile key=%s published again from %s", key, path)
+    return True

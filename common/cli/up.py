@@ -4,8 +4,8 @@ Steps: build missing models -> find or start Redis -> start the agent and the ro
 processes (own sessions, so Ctrl-C reaches only us) -> wait for /readyz -> one warm-up request
 per model -> print the URL and a curl example only if every model answered its warm-up 200
 (else name each failing model and why, and exit 1; `--keep-going` serves the others) -> wait for
-Ctrl-C/SIGTERM or a child's death -> stop router, agent (which stops its workers) and the Redis
-we started, leaving nothing behind.
+Ctrl-C/SIGTERM, restarting a child that dies, with back-off (supervise.py) -> stop router, agent
+(which stops its workers) and the Redis we started, leaving nothing behind.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import orjson
 from agent.devices import allowed_cores, serving_split
 from common import redis_server
 from common.cli.readiness import RETRYABLE_STATUSES, load_failures, warm_up_problem
+from common.cli.supervise import Supervisor, redis_children
 from common.model_config import router_env
 from common.models import CATALOG, ModelSpec, spec_for
-from common.procs import die_with_parent, stop_process
+from common.procs import die_with_parent, free_port, stop_process
 from common.settings import CommonSettings
 
 logger = logging.getLogger(__name__)
@@ -70,16 +71,28 @@ class Child:
         self, name: str, args: list[str], env: dict[str, str], cores: Sequence[int] = ()
     ) -> None:
         self.name = name
+        self.args, self.env, self.cores = args, env, tuple(cores)
+        self.restart()
+
+    def restart(self) -> None:
+        cores = self.cores
 
         def prepare() -> None:
             die_with_parent()
             if cores:  # serving's own cores: the workers have the rest
                 os.sched_setaffinity(0, cores)
 
-        self.proc = subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=prepare)
+        self.proc = subprocess.Popen(self.args, env=self.env, start_new_session=True,
+                                     preexec_fn=prepare)  # fmt: skip
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.returncode
+
+    def pid(self) -> int | None:
+        return self.proc.pid
 
     def stop(self) -> None:
         code = stop_process(self.proc, STOP_TIMEOUT_S)
@@ -123,9 +136,11 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
             logger.info("serving (router, agent, Redis) on cores %s; workers on the rest",
                         list(own_cores))  # fmt: skip
         gpulet = [sys.executable, "-m", "common.cli.main"]
+        # A fixed port, so a restarted agent registers under the same id (hostname-port).
+        agent_port = options.agent_port or free_port()
         children.append(
             Child("agent", [*gpulet, "agent"],
-                  {**env, "GPULET_AGENT_PORT": str(options.agent_port)})
+                  {**env, "GPULET_AGENT_PORT": str(agent_port)})
         )  # fmt: skip
         children.append(
             Child("router", [*gpulet, "router"],
@@ -153,11 +168,9 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
             print(f"gpulet serves {', '.join(serving)} only (--keep-going): "
                   f"{', '.join(failed)} failed", file=sys.stderr)  # fmt: skip
         print_banner(base, serving, simulated=simulated)
+        supervisor = Supervisor([*children, *redis_children(redis, own_cores)])  # supervise.py
         while not stopping.is_set():
-            dead = [c.name for c in children if not c.alive()]
-            if dead:
-                logger.error("%s exited; stopping everything", ", ".join(dead))
-                return 1
+            supervisor.check()
             stopping.wait(POLL_INTERVAL_S)
         return 0
     finally:

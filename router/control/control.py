@@ -7,7 +7,15 @@ routing table that moves each model to its new gpulets only once they are all wa
 agent whose heartbeat expired drops out of `store.agents()`, and its models are re-placed), and
 re-planned from the running plan when the measured rates move (replanning.py: at once on a
 rise, at an epoch boundary on a fall). Without a feasible plan the static rule serves. A failing
-step is logged and the loop goes on.
+step is logged and the loop goes on (Redis unreachable: one WARNING per outage).
+
+Several routers may share a cluster (membership.py): only the lease holder plans, writes the
+placement and tells the agents; the others follow the stored placement. Every router adopts a
+placement it did not write with what it was planned from (plan_record.py): a router that
+starts, or takes the lease over, keeps the running gpu-lets and re-plans only when rates,
+agents or models say so. When Redis restarts empty the holder writes its placement back at
+its own version, and for REREGISTER_GRACE_S agents that vanished with the store (not by
+expiry) keep their routes while their next heartbeat registers them again.
 """
 
 from __future__ import annotations
@@ -16,23 +24,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 
-from common.cluster import AgentInfo, measures_own_profile, parse_named_key, parse_simulated_key
-from common.errors import GpuletError
+from common.cluster import AgentInfo, measures_own_profile
+from common.errors import GpuletError, Unavailable
 from common.interference import InterferenceModel
+from common.outage import OutageLog
 from common.placement import EMPTY_PLACEMENT, GpuletSpec, Placement, carry_ids
-from common.profiles import DeviceProfile, find_profile
-from common.store import Store
+from common.profiles import DeviceProfile
+from common.store import FencedOut, Store
+from router.control.membership import Membership
 from router.control.placement_rule import static_placement
+from router.control.plan_record import PlanRecord, ReplanEvent, Wanted, inputs_digest
+from router.control.profile_source import load_profile
 from router.control.rates import RateMonitor
 from router.control.replanning import Targets, planned_rates, replan_reason, target_rates
 from router.control.switching import still_running, switch_routes
 from router.dispatch.agent_client import AgentClient
 from router.dispatch.routing import RoutingTable
 from router.scheduling.live import plan_live, replan_live
-from router.scheduling.offline import interference_for
 from router.scheduling.types import Plan
 
 STATIC = "static"
@@ -41,30 +52,11 @@ SWITCH_TIMEOUT_S = 120.0
 # After demand no plan can serve, wait this long before trying again (planning is not free).
 INFEASIBLE_BACKOFF_S = 5.0
 EVENTS_KEPT = 1000  # re-plans remembered for /v1/cluster (a router runs for months)
+# After Redis came back (empty, or after an outage longer than the agents' TTL), agents missing
+# from it keep their place this long: their heartbeat (default every 1 s) registers them again.
+REREGISTER_GRACE_S = 10.0
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReplanEvent:
-    """One placement written, for /v1/cluster and the load generator's plot."""
-
-    version: int
-    at_s: float  # time.time()
-    reason: str  # "agents" | "rise" | "fall"
-    step: str  # the planner's step: "initial", "incremental", "full", "more_devices", "static"
-    serving_at_s: float | None = None  # time.time() when every model had switched to it
-
-
-@dataclass(frozen=True)
-class Wanted:
-    """A placement to deploy, why, and what the controller adopts once it is written."""
-
-    placement: Placement
-    reason: str
-    step: str
-    plan: Plan | None = None  # the scheduler's plan behind it (None: the static rule)
-    inputs: object = None  # the agents and profiles a fresh plan was made for
 
 
 class Controller:
@@ -81,6 +73,7 @@ class Controller:
         epoch_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         serving_ms: Mapping[str, float] | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.store = store
         # Router and agent CPU per request of each model, charged where they share the
@@ -115,6 +108,26 @@ class Controller:
         self.agents: list[AgentInfo] = []
         self.changed = asyncio.Event()  # set after every step, for waiters such as /readyz tests
         self._wake = asyncio.Event()
+        # Several routers: the lease decides who plans (None: this router alone, always).
+        self.membership = membership
+        self._record: PlanRecord | None = None  # what `target` was planned from
+        self._profile_key: str | None = None  # the key `profile` was loaded from
+        self._store_back_s = -REREGISTER_GRACE_S  # when Redis came back (empty or after an outage)
+        self._failing = False  # the last step could not reach Redis
+        # One WARNING per Redis outage, shared with the membership loop when there is one.
+        self._outage = membership.outage if membership is not None else \
+            OutageLog(logger, "control loop (Redis)")  # fmt: skip
+        self.on_store_reset: Callable[[], Awaitable[None]] | None = None  # e.g. re-put the models
+
+    @property
+    def leading(self) -> bool:
+        """This router plans and tells the agents: it holds the lease, or it is alone."""
+        return self.membership is None or self.membership.is_leader
+
+    @property
+    def capacity_share(self) -> float:
+        """The share of each gpu-let's capacity this router's dispatcher admits against."""
+        return 1.0 if self.membership is None else self.membership.capacity_share
 
     @property
     def follows_rates(self) -> bool:
@@ -160,8 +173,8 @@ class Controller:
             self.profile = profile
 
     async def _stored_profile(self, key: str) -> DeviceProfile | None:
-        found = await self.store.profile(key)
-        return DeviceProfile.from_json(found[0]) if found is not None else None
+        loaded = await load_profile(self.store, key)
+        return loaded[0] if loaded is not None else None
 
     def _models_changed(self) -> None:
         self.models = sorted(self.slos_ms)
@@ -172,7 +185,13 @@ class Controller:
         while True:
             try:
                 await self.step()
-            except GpuletError as exc:  # e.g. Redis unreachable: expected, and said in one line
+                self._outage.ok()
+                if self._failing:  # agents' keys may have expired meanwhile
+                    self._store_back_s, self._failing = self.clock(), False
+            except Unavailable as exc:  # Redis unreachable: expected, one line per outage
+                self._outage.failed(exc.message)
+                self._failing = True
+            except GpuletError as exc:
                 logger.warning("control step failed: %s; retrying", exc.message)
             except Exception:
                 logger.exception("control step failed; retrying in %.1fs", self.interval_s)
@@ -181,14 +200,26 @@ class Controller:
                     await self._wake.wait()
             self._wake.clear()
 
-    async def step(self) -> None:
-        self.agents = await self.store.agents()
-        target = await self._current_placement(self.agents)
+    async def step(self, *, lead: bool | None = None) -> None:
+        """One pass of the loop; `lead=False`: follow the stored placement only, whoever holds
+        the lease (a router starting: it routes to the running gpu-lets before it listens)."""
+        stored = await self.store.placement()
+        if stored is None and self.target.version > 0:
+            self._store_reset()
+        self.agents = self._with_vanished(await self.store.agents())
+        if stored is not None and stored.version != self.target.version:
+            await self._adopt(stored)
+        leading = self.leading if lead is None else lead
+        target = await self._current_placement(self.agents, stored) if leading else self.target
         urls = {a.agent_id: a.url for a in self.agents}
-        self.retiring = still_running(self.retiring, self.table, self.in_use())
+        in_use = self.in_use()
+        if self.membership is not None:  # other routers may still have work queued for them
+            in_use |= self.membership.peer_in_use()
+        self.retiring = still_running(self.retiring, self.table, in_use)
+        draining = set(self.retiring) | in_use
         ready: set[str] = set()
         for agent in self.agents:
-            ready |= await self._sync_agent(agent, target)
+            ready |= await self._sync_agent(agent, target, draining, reconcile=leading)
         now_s = self.clock()
         switch = switch_routes(
             target, self.table, urls, ready,
@@ -216,11 +247,74 @@ class Controller:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    # Redis restarts and other routers' placements ---------------------------------------------
+    def _store_reset(self) -> None:
+        """The placement vanished from Redis while we held one: it restarted empty."""
+        if self.clock() - self._store_back_s > REREGISTER_GRACE_S:
+            logger.warning("placement version=%d is gone from Redis (restarted empty?); %s",
+                           self.target.version, "writing it back" if self.leading else
+                           "the lease holder writes it back")  # fmt: skip
+        self._store_back_s = self.clock()
+
+    def _with_vanished(self, agents: list[AgentInfo]) -> list[AgentInfo]:
+        """`agents`, plus, just after Redis came back, the target's agents it no longer lists:
+        they vanished with the store, not by expiry, and their next heartbeat is due."""
+        if self.clock() - self._store_back_s > REREGISTER_GRACE_S:
+            return agents
+        listed = {a.agent_id for a in agents}
+        placed = {g.agent_id for g in self.target.gpulets}
+        kept = [a for a in self.agents if a.agent_id in placed - listed]
+        return sorted([*agents, *kept], key=lambda a: a.agent_id)
+
+    async def _adopt(self, stored: Placement) -> None:
+        """Work to a placement another router wrote (or that we find at start), with what it was
+        planned from: its plan, profile and inputs, as if we had planned it ourselves."""
+        first = self.target.version == 0
+        self.target = stored
+        self._switch_since_s = self.clock()
+        self.switching = True
+        found = await self.store.placement_plan()
+        record = PlanRecord.from_json(found[1]) if found and found[0] == stored.version else None
+        self._record = record
+        if record is None:  # the static rule, or a writer that stored no plan
+            self._plan, self._inputs = None, None
+            return
+        if record.profile_key is not None and record.profile_key != self._profile_key:
+            loaded = await load_profile(self.store, record.profile_key)
+            if loaded is not None:
+                self.profile, self._interference = loaded
+                self._profile_key = record.profile_key
+        self._plan = record.plan
+        self._last_plan_s = self.clock()
+        inputs = self._fresh_inputs(self.agents)
+        same = (record.scheduler, dict(record.slos_ms), dict(record.rates_rps)) == (
+            self.scheduler, self.slos_ms, self.rates_rps)  # fmt: skip
+        # Planned from what we would plan from: adopt it whole. Else the next fresh plan (if
+        # we lead) starts from it, keeping the gpu-lets whose partition it keeps.
+        self._inputs = inputs if same and inputs_digest(inputs) == record.inputs_digest else None
+        if not first:
+            self.record(ReplanEvent(stored.version, time.time(), record.reason, record.step))
+        logger.info("placement version=%d adopted (%s, %s)%s", stored.version, record.reason,
+                    record.step, "" if self._inputs is not None else
+                    "; planned from other agents, SLOs or rates")  # fmt: skip
+
+    def _fresh_inputs(self, agents: list[AgentInfo]) -> object:
+        keys = tuple(sorted({a.profile_key or "" for a in agents}))
+        return (tuple((a.agent_id, a.devices) for a in agents), keys)
+
     # the placement ----------------------------------------------------------------------------
-    async def _current_placement(self, agents: list[AgentInfo]) -> Placement:
-        stored = await self.store.placement() or EMPTY_PLACEMENT
-        if self.target.version != stored.version:
-            self.target = stored
+    async def _current_placement(
+        self, agents: list[AgentInfo], found: Placement | None
+    ) -> Placement:
+        holder = None if self.membership is None else self.membership.router_id
+        if found is None and self.target.version > 0:
+            plan = None if self._record is None else self._record.to_json()
+            if await self.store.restore_placement(self.target, plan, holder=holder):
+                logger.info("placement version=%d written back to Redis", self.target.version)
+                if self.on_store_reset is not None:
+                    await self.on_store_reset()
+            return self.target
+        stored = found or EMPTY_PLACEMENT
         wanted = await self._wanted(agents)
         if wanted is None:  # agents still measuring their profile, or nothing to change
             return stored
@@ -229,11 +323,18 @@ class Controller:
         if stored.version > 0 and gpulets == stored.gpulets:
             self._commit(wanted)
             return stored
-        written = await self.store.write_placement(
-            Placement(0, gpulets, wanted.placement.explanation, wanted.placement.unplaced)
-        )
+        record = self._record_for(wanted)
+        try:
+            written = await self.store.write_placement(
+                Placement(0, gpulets, wanted.placement.explanation, wanted.placement.unplaced),
+                record.to_json(), holder=holder, expected_version=stored.version,
+            )  # fmt: skip
+        except FencedOut as exc:  # another router wrote meanwhile, or took the lease
+            logger.info("%s; reading the store again", exc)
+            return stored
         # Only now is the plan the running one: had the write failed, the next step plans again.
         self._commit(wanted)
+        self._record = record
         kept = {g.gpulet_id for g in written.gpulets}
         self.retiring.update({g.gpulet_id: g for g in stored.gpulets if g.gpulet_id not in kept})
         for gone in kept & set(self.retiring):
@@ -262,13 +363,21 @@ class Controller:
         if wanted.inputs is not None:
             self._inputs = wanted.inputs
 
+    def _record_for(self, wanted: Wanted) -> PlanRecord:
+        inputs = wanted.inputs if wanted.inputs is not None else self._inputs
+        return PlanRecord(
+            self.scheduler, self._profile_key if wanted.plan is not None else None,
+            dict(self.slos_ms), dict(self.rates_rps), inputs_digest(inputs), wanted.plan,
+            wanted.reason, wanted.step,
+        )  # fmt: skip
+
     async def _wanted(self, agents: list[AgentInfo]) -> Wanted | None:
         if self.scheduler == STATIC or not agents:
             return Wanted(static_placement(agents, self.models), "agents", "static")
         keys = sorted({a.profile_key or "" for a in agents})
         if "" in keys:
             return None
-        inputs = (tuple((a.agent_id, a.devices) for a in agents), tuple(keys))
+        inputs = self._fresh_inputs(agents)
         if self._inputs != inputs:
             placement, plan = await self._plan_fresh(agents, keys)
             step = "initial" if plan is not None else "static"
@@ -315,8 +424,13 @@ class Controller:
         """The rates each model would be planned for now, and what would trigger a rise."""
         assert self.arrivals is not None
         now_ms = now_s * 1000
-        return target_rates(self.models, self.arrivals.rates(now_ms),
-                            self.arrivals.recent(now_ms))  # fmt: skip
+        rates, recent = self.arrivals.rates(now_ms), self.arrivals.recent(now_ms)
+        if self.membership is not None:  # every router's arrivals: the cluster's demand
+            peers, peers_recent = self.membership.peer_rates()
+            rates = {m: rates.get(m, 0.0) + peers.get(m, 0.0) for m in {*rates, *peers}}
+            recent = {m: recent.get(m, 0.0) + peers_recent.get(m, 0.0)
+                      for m in {*recent, *peers_recent}}  # fmt: skip
+        return target_rates(self.models, rates, recent)
 
     async def _plan_fresh(
         self, agents: list[AgentInfo], keys: list[str]
@@ -326,21 +440,11 @@ class Controller:
         if len(keys) > 1:
             logger.warning("agents measured %d different profiles; planning on %s", len(keys),
                            keys[0])  # fmt: skip
-        interference: InterferenceModel | None = None
-        # A shared profile by name: simulated GPUs', or real ones' told GPULET_NVIDIA_PROFILE.
-        simulated = parse_simulated_key(keys[0]) or parse_named_key(keys[0])
-        if simulated is not None:
-            name, time_scale = simulated
-            profile = find_profile(name)
-            # Slowdowns are ratios: the fit on the profile holds for its time-scaled copy.
-            interference, _ = interference_for(profile)
-            profile = profile.time_scaled(time_scale)
-        else:
-            stored = await self._stored_profile(keys[0])
-            if stored is None:
-                return static_placement(agents, self.models), None
-            profile = stored
-        self.profile, self._interference = profile, interference
+        loaded = await load_profile(self.store, keys[0])
+        if loaded is None:
+            return static_placement(agents, self.models), None
+        profile, interference = loaded
+        self.profile, self._interference, self._profile_key = profile, interference, keys[0]
         live = await asyncio.to_thread(plan_live, agents, profile, dict(self.slos_ms),
                                        self._fresh_rates(), self.scheduler,
                                        interference=interference,
@@ -366,16 +470,22 @@ class Controller:
         return self.targets(self.clock()).plan
 
     # the agents -------------------------------------------------------------------------------
-    async def _sync_agent(self, agent: AgentInfo, placement: Placement) -> set[str]:
-        """Tell the agent its gpulets if it lags; return the ids of its ready gpulets."""
+    async def _sync_agent(
+        self, agent: AgentInfo, placement: Placement, draining: set[str], *, reconcile: bool
+    ) -> set[str]:
+        """Tell the agent its gpulets if it lags (only with `reconcile`: the lease holder
+        does), keeping the `draining` ones it runs; return the ids of its ready gpulets."""
         desired = placement.for_agent(agent.agent_id)
         try:
             report = await self.client.gpulets(agent.url)
+            if not reconcile:
+                return {g["gpulet_id"] for g in report.get("gpulets", [])
+                        if g.get("state") == "ready"}  # fmt: skip
             reported = {str(g["gpulet_id"]) for g in report.get("gpulets", [])}
-            keep = sorted(i for i, g in self.retiring.items()
-                          if g.agent_id == agent.agent_id and i in reported)  # fmt: skip
+            wanted = {g.gpulet_id for g in desired}
+            keep = sorted(i for i in reported & draining if i not in wanted)
             if int(report.get("version", 0)) != placement.version or \
-                    reported != {g.gpulet_id for g in desired} | set(keep):  # fmt: skip
+                    reported != wanted | set(keep):  # fmt: skip
                 report = await self.client.set_gpulets(agent.url, placement.version, desired, keep)
         except GpuletError as exc:
             logger.warning("agent=%s unreachable: %s", agent.agent_id, exc.message)

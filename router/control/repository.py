@@ -220,6 +220,18 @@ class Repository:
         ]  # fmt: skip
         return [r for r in rows if r.state == READY] if ready_only else rows
 
+    def _check_alone(self, name: str, action: str) -> None:
+        """Model load/unload changes this router's model set only: with other routers on the
+        cluster they would serve different models, so it is refused (409) while they run."""
+        membership = self.controller.membership
+        if membership is not None and membership.routers > 1:
+            raise NotLoadable(
+                f"{membership.routers} routers share this cluster: a model {action} here would "
+                f"change this router's models only; set GPULET_MODELS (and GPULET_SLOS) on "
+                "every router and restart them one at a time", model=name,
+                routers=membership.routers,
+            )  # fmt: skip
+
     def _check_known(self, name: str) -> None:
         if name not in self.known:
             known = sorted(self.known)
@@ -228,6 +240,7 @@ class Repository:
 
     async def load(self, name: str, parameters: LoadParameters) -> None:
         self._check_known(name)
+        self._check_alone(name, "load")
         async with self._lock:
             if name in self.served:
                 return  # loaded already (Triton reloads; our model files do not change)
@@ -296,6 +309,7 @@ class Repository:
 
     async def unload(self, name: str) -> None:
         self._check_known(name)
+        self._check_alone(name, "unload")
         async with self._lock:
             if name not in self.served:
                 loaded = sorted(self.served)

@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -88,8 +88,12 @@ class GpuletQueue:
         clock: Callable[[], float],
         observer: DispatchObserver,
         work_conserving: bool = True,
+        share: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.route = route
+        # The share of the gpu-let this router feeds (Dispatcher.capacity_share): with other
+        # routers' batches queued at the agent too, it keeps fewer of its own there.
+        self.share = share
         self.client = client
         self.clock = clock
         self.observer = observer
@@ -158,15 +162,21 @@ class GpuletQueue:
         return {t.model: {"batch_size": t.batch_size, **t.learned.to_json(t.batch_size)}
                 for t in self.view.models}  # fmt: skip
 
-    def finish(self, pending: Pending, now_ms: float, budget_ms: float) -> Prediction:
+    def finish(
+        self, pending: Pending, now_ms: float, budget_ms: float, share: float = 1.0
+    ) -> Prediction:
         """When `pending` would be answered if queued now, behind everything queued and
-        running, and why (`budget_ms`: its SLO, which bounds its batch)."""
+        running, and why (`budget_ms`: its SLO, which bounds its batch); `share`: of the
+        gpu-let, when other routers feed it too (shared_prediction)."""
         if pending.model not in self.view.by_model:
             return NOT_SERVED
         self._refresh(now_ms)
-        return admission_finish(self.view, self.queued_by_model, pending, now_ms,
-                                self.busy_until_ms, budget_ms, idle=self.idle_at(now_ms),
-                                work_conserving=self.work_conserving)  # fmt: skip
+        return shared_prediction(
+            admission_finish(self.view, self.queued_by_model, pending, now_ms,
+                             self.busy_until_ms, budget_ms, idle=self.idle_at(now_ms),
+                             work_conserving=self.work_conserving),
+            now_ms, share,
+        )  # fmt: skip
 
     def idle_at(self, now_ms: float) -> bool:
         """Nothing queued and nothing running."""
@@ -221,7 +231,8 @@ class GpuletQueue:
         self._refresh(now_ms)
         decision = decide(
             [e.pending for e in self.entries.values()], now_ms, self.view, self.turn,
-            self.busy_until_ms, may_send=len(self._predicted_ms) < MAX_BATCHES_IN_FLIGHT,
+            self.busy_until_ms,
+            may_send=len(self._predicted_ms) < batches_in_flight(self.share()),
             running=len(self._predicted_ms), work_conserving=self.work_conserving,
         )  # fmt: skip
         for request_id in decision.drop:
@@ -366,6 +377,9 @@ class Dispatcher:
     _best_ms: dict[str, float | None] = field(default_factory=dict)
     _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     on_drained: Callable[[], None] | None = None  # the control loop stops drained gpu-lets
+    # The share of each gpu-let's capacity this router admits against (1: it is the only
+    # router; 1/N with N routers: the control loop's Controller.capacity_share).
+    capacity_share: Callable[[], float] = lambda: 1.0
     # Requests admitted and not yet answered, per model, and who waits for a model's to end
     # (model unload answers once its requests are done).
     active: dict[str, int] = field(default_factory=dict)
@@ -393,7 +407,8 @@ class Dispatcher:
             if gpulet_id not in self.queues:
                 self.queues[gpulet_id] = GpuletQueue(route, self.views(route), self.client,
                                                      self.clock, self.observer,
-                                                     self.work_conserving)  # fmt: skip
+                                                     self.work_conserving,
+                                                     share=self.capacity_share)  # fmt: skip
 
     def in_use(self) -> set[str]:
         """Gpu-lets that have a queue, or a queue still draining: not to be stopped yet."""
@@ -470,10 +485,11 @@ class Dispatcher:
         best = NOT_SERVED
         tried = []
         probe: GpuletQueue | None = None
+        share = self.capacity_share()
         for candidate in ranked(loads):
             queue = self.queues[candidate]
             tried.append(queue)
-            prediction = queue.finish(pending, arrived_ms, admit_by_ms - arrived_ms)
+            prediction = queue.finish(pending, arrived_ms, admit_by_ms - arrived_ms, share)
             if prediction.finish_ms < best.finish_ms:
                 best = prediction
             if prediction.finish_ms <= admit_by_ms:
@@ -536,6 +552,25 @@ class Dispatcher:
         queues, self.queues = list(self.queues.values()), {}
         await asyncio.gather(*(q.close() for q in queues), *self._draining.values(),
                              return_exceptions=True)  # fmt: skip
+
+
+def shared_prediction(prediction: Prediction, now_ms: float, share: float) -> Prediction:
+    """`prediction` at a gpu-let this router feeds `share` of (Dispatcher.capacity_share):
+    the other routers' work waits at the agent beside this router's, about (1/share - 1)
+    times as much, so the wait for what runs and the work queued ahead of the request scale by
+    1/share; its own batch does not. share 1 (one router): unchanged."""
+    if share >= 1.0 or prediction.finish_ms == float("inf"):
+        return prediction
+    wait_ms, ahead_ms = prediction.wait_ms / share, prediction.ahead_ms / share
+    return replace(prediction, finish_ms=now_ms + wait_ms + ahead_ms + prediction.own_ms,
+                   wait_ms=wait_ms, ahead_ms=ahead_ms)  # fmt: skip
+
+
+def batches_in_flight(share: float) -> int:
+    """This router's part of MAX_BATCHES_IN_FLIGHT at a gpu-let it feeds `share` of: the
+    agent then holds about as many batches as with one router, and each router's next batch
+    grows while the others' run (at least one: a router always gets to send)."""
+    return max(1, round(MAX_BATCHES_IN_FLIGHT * share))
 
 
 def _refusal(

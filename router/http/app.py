@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from common.models import ModelSpec, spec_for
 from common.settings import RouterSettings
 from common.store import Store
 from router.control.control import Controller
+from router.control.membership import Membership, Published
 from router.control.rates import RateMonitor
 from router.control.repository import Repository
 from router.control.serving_costs import serving_costs
@@ -32,6 +34,7 @@ from router.dispatch.agent_client import AgentClient
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.views import best_latency_ms, plan_view
 from router.http import codec, oip, openapi
+from router.http.admin import admin_dependencies
 from router.http.bodies import read_body
 from router.http.failure_log import FailureLog
 from router.http.inflight import Door, InflightLimiter
@@ -81,16 +84,24 @@ def parse_per_model(text: str, names: set[str], variable: str, unit: str) -> dic
     return values
 
 
+def default_router_id(settings: RouterSettings) -> str:
+    """Unique per process: a restarted router is a new member (its predecessor's lease runs
+    out rather than being taken over by a namesake)."""
+    return f"{socket.gethostname()}-{settings.router_port}-{uuid.uuid4().hex[:6]}"
+
+
+def _url(settings: RouterSettings) -> str:
+    host = "127.0.0.1" if settings.router_host in ("0.0.0.0", "") else settings.router_host
+    return f"http://{host}:{settings.router_port}"
+
+
 def error_response(error: GpuletError, request_id: str | None = None) -> Response:
     body = error.to_body()
     if request_id is not None:
         body["error"].setdefault("request_id", request_id)
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     return Response(
         codec.dumps(body), status_code=error.status, media_type="application/json",
-        headers=headers,
+        headers=error.headers(),
     )  # fmt: skip
 
 
@@ -101,6 +112,8 @@ def create_app(
     failures = FailureLog(logger)
     client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
     arrivals = RateMonitor()
+    router_id = settings.router_id or default_router_id(settings)
+    membership = Membership(store, router_id, _url(settings))
     controller = Controller(
         store,
         client,
@@ -113,6 +126,7 @@ def create_app(
         serving_ms=serving_costs(
             models, parse_per_model(settings.serving_cpu_ms, set(models), "GPULET_SERVING_CPU_MS",
                                     "ms")),
+        membership=membership,
     )
     observed = DispatchMetrics()  # what /metrics counts per request and batch
     dispatcher = Dispatcher(
@@ -127,18 +141,40 @@ def create_app(
     controller.on_table = dispatcher.follow
     controller.in_use = dispatcher.in_use
     dispatcher.on_drained = controller.wake
+    dispatcher.capacity_share = lambda: controller.capacity_share
+    membership.on_lead = controller.wake  # plan at once on taking the lease over
+
+    def published() -> Published:
+        now_ms = time.monotonic() * 1000
+        return Published(arrivals.rates(now_ms), arrivals.recent(now_ms),
+                         frozenset(dispatcher.in_use()))  # fmt: skip
+
+    async def put_models() -> None:
+        await store.put_models(models.values())
+
+    membership.publish = published
+    controller.on_store_reset = put_models  # Redis restarted empty: the models' signatures too
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.put_models(models.values())
-        loop_task = asyncio.create_task(controller.run_forever(), name="control-loop")
-        logger.info("router up models=%s", ",".join(models))
+        # Membership first: a router alone takes the lease before its first control step.
+        with contextlib.suppress(GpuletError):
+            await membership.step()
+            # Routes to the gpu-lets already running (a restarted or added router) before it
+            # listens: its first requests find them instead of a 503.
+            await controller.step(lead=False)
+        tasks = [asyncio.create_task(membership.run_forever(), name="membership"),
+                 asyncio.create_task(controller.run_forever(), name="control-loop")]  # fmt: skip
+        logger.info("router up id=%s models=%s", router_id, ",".join(models))
         try:
             yield
         finally:
-            loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+            for task in reversed(tasks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await membership.leave()
             await dispatcher.close()
             await client.close()
             logger.info("router stopped")
@@ -157,7 +193,10 @@ def create_app(
     app.include_router(oip.build_router(settings, models, dispatcher, controller, arrivals))
     # `models` is the served set, changed in place by model load/unload: /v1 and /v2 read it.
     app.include_router(
-        repository_routes(Repository(settings, models, controller, dispatcher, store))
+        repository_routes(
+            Repository(settings, models, controller, dispatcher, store),
+            admin_dependencies(settings.admin_token),
+        )
     )
     openapi.install(app)  # validation errors are documented as the 400s they answer
 
@@ -169,11 +208,13 @@ def create_app(
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = f"{exc.detail}: {request.method} {request.url.path}"
+        # Starlette's own headers, e.g. a 405's `Allow` (the methods the path answers, RFC 9110).
+        headers = dict(exc.headers or {})
         if request.url.path.startswith(oip.PREFIX):  # OIP clients read {"error": "<message>"}
-            return oip.plain_error(exc.status_code, code, message)
+            return oip.plain_error(exc.status_code, code, message, headers)
         body = {"error": {"code": code, "message": message}}
         return Response(codec.dumps(body), status_code=exc.status_code,
-                        media_type="application/json")  # fmt: skip
+                        media_type="application/json", headers=headers)  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -191,7 +232,9 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"example": INFER_EXAMPLE}},
+                "content": {
+                    "application/json": {"schema": openapi.V1_INFER_BODY, "example": INFER_EXAMPLE}
+                },
             }
         },
     )
@@ -268,7 +311,12 @@ def create_app(
             "placement": placement.to_json() if placement else None,
             "switching": controller.switching,
             "replans": [asdict(e) for e in controller.events[-REPLANS_SHOWN:]],
-        }
+            "routers": {
+                "self": router_id, "leader": membership.holder, "leading": controller.leading,
+                "count": membership.routers, "capacity_share": controller.capacity_share,
+                "peers": {k: v.get("url") for k, v in membership.peers.items()},
+            },
+        }  # fmt: skip
         return Response(codec.dumps(body), media_type="application/json")
 
     @app.get("/healthz", summary="Liveness", responses=error_responses())

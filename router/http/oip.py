@@ -28,6 +28,7 @@ from router.http import codec, oip_codec
 from router.http.bodies import inflate, read_body
 from router.http.failure_log import FailureLog
 from router.http.openapi import (
+    OIP_INFER_BODY,
     InferResponse,
     Live,
     ModelMetadata,
@@ -54,7 +55,7 @@ INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            JSON: {"example": INFER_EXAMPLE},
+            JSON: {"schema": OIP_INFER_BODY, "example": INFER_EXAMPLE},
             BINARY: {
                 "schema": {"type": "string", "format": "binary"},
                 "description": f"binary tensor data: the JSON request ({HEADER_LENGTH} bytes), "
@@ -85,17 +86,16 @@ Version = Annotated[str | None, Depends(path_version)]
 
 
 def error_response(error: GpuletError, request_id: str | None = None) -> Response:
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     return Response(codec.dumps(oip_codec.error_body(error, request_id)), status_code=error.status,
-                    media_type=JSON, headers=headers)  # fmt: skip
+                    media_type=JSON, headers=error.headers())  # fmt: skip
 
 
-def plain_error(status: int, code: str, message: str) -> Response:
+def plain_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
     """An HTTP-level error (no such route, wrong method) under /v2, in OIP's shape."""
     body = {"error": message, "code": code, "details": {}}
-    return Response(codec.dumps(body), status_code=status, media_type=JSON)
+    return Response(codec.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
 class OipRoute(APIRoute):
@@ -205,11 +205,12 @@ def build_router(
             request.headers.get("content-encoding"),
             settings.max_body_bytes,
         )
+        # The path first: a request for a model we do not serve is 404 whatever its body says.
+        spec = lookup(model_name, version)
         header, binary = oip_codec.split_body(body, request.headers.get(HEADER_LENGTH))
         if isinstance(header.get("id"), str):
             request.state.request_id = header["id"]
         request_id: str = request.state.request_id
-        spec = lookup(model_name, version)
         parsed = oip_codec.decode_request(spec, header, binary, max_batch=settings.max_batch)
         arrivals.record(spec.name, received * 1000)
         slo_ms, deadline_ms = oip_codec.request_times(

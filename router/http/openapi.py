@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 WHEN: dict[int, str] = {
     400: "bad_request: malformed body, missing or extra input, wrong shape or datatype, "
     "non-numeric data, batch too large; the message names the input and what was expected",
+    401: "unauthorized: a state-changing endpoint without the admin token (GPULET_ADMIN_TOKEN) "
+    "as `Authorization: Bearer`",
     404: "unknown_model: no such model (or version); lists the served ones",
     409: "not_loadable: model load: the cluster cannot serve this model (e.g. the measured "
     "profile has no rows for it); the message names the fix",
@@ -54,6 +56,74 @@ class OipErrorBody(BaseModel):
     error: str = Field(examples=["unknown model 'resnet1000'; known models: lenet, noop"])
     code: str = Field(description="stable code of the error tree", examples=["unknown_model"])
     details: dict[str, Any] = Field(default_factory=dict, description="numbers and request_id")
+
+
+# Request bodies, as JSON Schema (OpenAPI 3.1): what the handlers accept, so that a client (or
+# a fuzzer) reading the schema agrees with the server on what is refused. Each is an object:
+# `null` or a list is answered 400. Fields the handlers treat as absent when null may be null.
+V1_INFER_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "description": "a served model (GET /v1/models)"},
+        "inputs": {
+            "type": "object",
+            "description": "input name -> nested list, or {shape, dtype, data} with data a flat "
+            "list or the base64 of the raw little-endian bytes",
+            "additionalProperties": {"type": ["array", "object"]},
+        },
+        "slo_ms": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "id": {"type": ["string", "null"]},
+    },
+}
+OIP_INFER_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": ["string", "null"]},
+        "parameters": {"type": ["object", "null"]},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "examples": ["FP32"]},
+                    "parameters": {"type": ["object", "null"]},
+                    "data": {"description": "flat or nested list, row-major"},
+                },
+            },
+        },
+        "outputs": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {"type": ["object", "null"]},
+                },
+            },
+        },
+    },
+}
+LOAD_BODY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "parameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "slo_ms": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                "rate_rps": {"type": ["number", "null"], "minimum": 0},
+            },
+        },
+    },
+}
 
 
 def error_responses(*statuses: int, oip: bool = False) -> dict[int | str, dict[str, Any]]:

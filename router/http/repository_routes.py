@@ -7,6 +7,7 @@ Errors keep OIP's `{"error": "<message>"}` shape (oip.OipRoute), so tritonclient
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -17,13 +18,16 @@ from common.errors import BadRequest
 from router.control.repository import Repository, load_parameters
 from router.http import oip
 from router.http.bodies import read_body
-from router.http.openapi import error_responses
+from router.http.openapi import LOAD_BODY, error_responses
 
 INDEX_LIMIT_BYTES = 64 * 1024  # an index or load body is a few parameters
 LOAD_EXAMPLE = {"parameters": {"slo_ms": 100, "rate_rps": 20}}
 
 
-def repository_routes(repository: Repository) -> APIRouter:
+def repository_routes(repository: Repository, admin: Sequence[Any] = ()) -> APIRouter:
+    """`admin`: the dependencies that guard load and unload (admin.py); none: open."""
+    guarded = list(admin)
+    unauthorized = (401,) if guarded else ()
     router = APIRouter(prefix=f"{oip.PREFIX}/repository", route_class=oip.OipRoute,
                        tags=["Model repository (Triton extension)"])  # fmt: skip
 
@@ -60,9 +64,10 @@ def repository_routes(repository: Repository) -> APIRouter:
         "/models/{model_name}/load",
         summary="Load a model: build it if needed, re-plan, answer once it has a ready gpu-let",
         responses={200: {"description": "loaded: {}"},
-                   **error_responses(400, 404, 409, 422, 503, oip=True)},
+                   **error_responses(400, *unauthorized, 404, 409, 422, 503, oip=True)},
+        dependencies=guarded,
         openapi_extra={"requestBody": {"required": False, "content": {
-            oip.JSON: {"example": LOAD_EXAMPLE}}}},
+            oip.JSON: {"schema": LOAD_BODY, "example": LOAD_EXAMPLE}}}},
     )  # fmt: skip
     async def load(model_name: str, request: Request) -> Response:
         await repository.load(model_name, load_parameters(await body(request)))
@@ -72,7 +77,8 @@ def repository_routes(repository: Repository) -> APIRouter:
         "/models/{model_name}/unload",
         summary="Unload a model: refuse its new requests, drain the queued ones, re-plan",
         responses={200: {"description": "unloaded: {}"},
-                   **error_responses(404, 503, oip=True)},
+                   **error_responses(*unauthorized, 404, 503, oip=True)},
+        dependencies=guarded,
     )  # fmt: skip
     async def unload(model_name: str, request: Request) -> Response:
         await body(request)  # Triton's unload parameters (unload_dependents) change nothing here

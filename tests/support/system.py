@@ -41,13 +41,21 @@ class RunningSystem:
     router_env: Mapping[str, str] = field(default_factory=dict)
     agent_env: Mapping[str, str] = field(default_factory=dict)
     with_agent: bool = True
+    routers: int = 1  # routers sharing the cluster: "router", "router2", ...
     router_port: int = 0
     agent_port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    router_ports: dict[str, int] = field(default_factory=dict)
+    base_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Each router's URL by process name."""
+        return {name: f"http://127.0.0.1:{port}" for name, port in self.router_ports.items()}
 
     def start(self) -> RunningSystem:
         base = {
@@ -57,7 +65,6 @@ class RunningSystem:
             "GPULET_MODEL_DIR": str(self.model_dir),
             "GPULET_LOG_LEVEL": os.environ.get("GPULET_TEST_LOG_LEVEL", "WARNING"),
         }
-        self.router_port = free_port()
         cli = [sys.executable, "-m", "common.cli.main"]
         if self.with_agent:
             self.agent_port = free_port()
@@ -67,12 +74,24 @@ class RunningSystem:
                 "GPULET_HEARTBEAT_INTERVAL_S": "0.2", "GPULET_HEARTBEAT_TTL_S": "2",
                 **self.agent_env,
             })  # fmt: skip
-        self._spawn("router", [*cli, "router"], {
-            **base, "GPULET_ROUTER_PORT": str(self.router_port),
+        self.base_env = base
+        for index in range(self.routers):
+            self.start_router("router" if index == 0 else f"router{index + 1}")
+        return self
+
+    def start_router(self, name: str = "router") -> None:
+        """Start (or start again, on its port) the router called `name`."""
+        port = self.router_ports.get(name) or (self.router_port if name == "router" else 0)
+        port = port or free_port()
+        self.router_ports[name] = port
+        if name == "router":
+            self.router_port = port
+        cli = [sys.executable, "-m", "common.cli.main"]
+        self._spawn(name, [*cli, "router"], {
+            **self.base_env, "GPULET_ROUTER_PORT": str(port),
             "GPULET_MODELS": ",".join(self.models), "GPULET_RECONCILE_INTERVAL_S": "0.2",
             **self.router_env,
         })  # fmt: skip
-        return self
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.processes[name] = subprocess.Popen(
@@ -85,11 +104,12 @@ class RunningSystem:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode} during start-up")
             try:
-                return self.get("/readyz").status == 200
+                return all(http.request("GET", url + "/readyz").status == 200
+                           for url in self.urls.values())  # fmt: skip
             except OSError:
                 return False
 
-        wait_until(ready, timeout_s, "/readyz to answer 200")
+        wait_until(ready, timeout_s, "/readyz to answer 200 on every router")
 
     def get(self, path: str) -> http.Answer:
         return http.request("GET", self.url + path)
@@ -98,8 +118,19 @@ class RunningSystem:
         data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         return http.request("POST", self.url + path, data, timeout_s=timeout_s)
 
+    def start_agent(self, name: str, env: Mapping[str, str]) -> int:
+        """Start one more agent (named `name`); returns its port."""
+        port = free_port()
+        cli = [sys.executable, "-m", "common.cli.main"]
+        self._spawn(name, [*cli, "agent"], {
+            **self.base_env, "GPULET_AGENT_PORT": str(port), "GPULET_AGENT_ID": f"{name}-{port}",
+            "GPULET_HEARTBEAT_INTERVAL_S": "0.2", "GPULET_HEARTBEAT_TTL_S": "2", **env,
+        })  # fmt: skip
+        return port
+
     def stop(self) -> None:
-        for name in ("router", "agent"):
+        # Routers first: no new work reaches the agents.
+        for name in [*self.router_ports, *sorted(set(self.processes) - set(self.router_ports))]:
             proc = self.processes.pop(name, None)
             if proc is not None:
                 stop_process(proc, timeout_s=10.0)

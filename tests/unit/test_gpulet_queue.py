@@ -155,3 +155,24 @@ async def test_close_waits_for_a_send_handed_to_its_caller_inline() -> None:
     await closing
     assert future.done()
     await agent.close()
+
+
+def test_each_of_several_routers_keeps_its_share_of_batches_in_flight() -> None:
+    from router.dispatch.dispatcher import batches_in_flight
+
+    assert batches_in_flight(1.0) == MAX_BATCHES_IN_FLIGHT
+    assert batches_in_flight(0.5) == 1
+    assert batches_in_flight(0.1) == 1  # always at least one
+
+
+def test_a_shared_gpulet_doubles_the_predicted_wait_not_the_own_batch() -> None:
+    from router.dispatch.batching import NOT_SERVED, Prediction
+    from router.dispatch.dispatcher import shared_prediction
+
+    now_ms = 1000.0
+    alone = Prediction(now_ms + 300 + 200 + 110, wait_ms=300, ahead_ms=200, own_ms=110)
+    assert shared_prediction(alone, now_ms, 1.0) == alone  # one router: unchanged
+    halved = shared_prediction(alone, now_ms, 0.5)
+    assert (halved.wait_ms, halved.ahead_ms, halved.own_ms) == (600, 400, 110)
+    assert halved.finish_ms == now_ms + 600 + 400 + 110
+    assert shared_prediction(NOT_SERVED, now_ms, 0.5) is NOT_SERVED
