@@ -43,7 +43,7 @@ def admit(
     alone is never refused for its size (the body limit bounds it)."""
     if best_latency_ms is not None and slo_ms < best_latency_ms:
         never: GpuletError = SloUnattainable(
-            f"{model}: slo_ms {slo_ms:g} is below {best_latency_ms:.1f} ms, the fastest any "
+            f"{model}: slo_ms {slo_ms:g} is below {best_latency_ms:.3g} ms, the fastest any "
             f"placement can run one request; ask for at least that",
             model=model,
             slo_ms=slo_ms,

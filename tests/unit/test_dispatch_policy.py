@@ -308,3 +308,9 @@ def test_where_the_hop_outweighs_the_compute_the_round_trips_set_the_pace() -> N
     assert prediction.ahead_ms == pytest.approx(10 * tiny.period_ms(4) * (1 + ADMIT_HEADROOM),
                                                 rel=0.01)  # fmt: skip
     assert prediction.ahead_ms > 20.0
+
+
+def test_an_unattainable_slo_names_a_tiny_best_latency_in_figures_that_show() -> None:
+    # noop runs in microseconds: "below 0.0 ms" would say nothing.
+    result = admit("noop", 0.001, 0.0067, 0, 8, 64, retry_after_s=1.0)
+    assert result.error is not None and "below 0.0067 ms" in result.error.message
