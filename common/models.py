@@ -58,7 +58,7 @@ BERT_SEQ_LEN = 128
 NOOP_WIDTH = 16
 
 # Default SLOs are roughly 3-5x the measured one-core batch-1 ONNX Runtime latency on this
-# machine class (reference/machine-notes.md section 3), as shared/scenarios/cpu-*.toml set them.
+# machine class (reference/machine-notes.md section 3), as the cpu-*.toml scenarios set them.
 CATALOG: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
