@@ -184,7 +184,8 @@ def _policy(message: pbtxt.Message, file: str) -> VersionPolicy:
     if kind == "all":
         return VersionPolicy("all")
     if kind == "latest":
-        count = _one(body, "num_versions", file, int, "version_policy.latest") or 1
+        count = _one(body, "num_versions", file, int, "version_policy.latest")
+        count = 1 if count is None else count
         if count < 1:
             raise ModelProblem(file, f"{count}: at least 1", "version_policy.latest.num_versions")
         return VersionPolicy("latest", count)
