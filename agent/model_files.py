@@ -76,7 +76,7 @@ class ModelFiles:
                 raise UnknownModel(f"no model {name!r}: not in the catalog, and no router has "
                                    "published it from a model repository (GPULET_MODEL_REPOSITORY "
                                    "on the router)", model=name)  # fmt: skip
-            await asyncio.sleep(RECORD_POLL_S)  # noqa: sleep-ok (polling the router's record)
+            await asyncio.sleep(RECORD_POLL_S)  # polls for the router's record; noqa: sleep-ok
 
     async def _local_file(self, published: ModelFile, url: str) -> Path:
         lock = self._locks.setdefault(published.sha256, asyncio.Lock())

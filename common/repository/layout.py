@@ -139,16 +139,22 @@ class RepositoryFolder:
             check_name(name)
             return self._scan(name)
         except ModelProblem as problem:
-            return RepositoryModel(name, problem=problem)
+            return RepositoryModel(name, versions=self._versions(name), problem=problem)
         except OSError as exc:  # removed or unreadable while we read it
             return RepositoryModel(name, problem=ModelProblem(f"{name}/", f"cannot read it: {exc}"))
+
+    def _versions(self, name: str) -> tuple[str, ...]:
+        """The version folders of a model that cannot be served (the index lists each)."""
+        try:
+            return tuple(str(v) for v in _version_numbers(self.root / name))
+        except OSError:
+            return ()
 
     def _scan(self, name: str) -> RepositoryModel:
         folder = self.root / name
         config = self._config(name, folder)
         options = self._options(name, folder)
-        versions = sorted(int(p.name) for p in folder.iterdir()
-                          if p.is_dir() and p.name.isdigit() and int(p.name) > 0)  # fmt: skip
+        versions = _version_numbers(folder)
         found = tuple(str(v) for v in versions)
         if not versions:
             raise ModelProblem(f"{name}/", "no version folder: put the model at "
@@ -212,6 +218,12 @@ class RepositoryFolder:
         self._reads = {k: v for k, v in self._reads.items() if k[0] != key[0]}
         self._reads[key] = read
         return read
+
+
+def _version_numbers(folder: Path) -> list[int]:
+    """Version folders: positive integers, ascending (other folders are not versions)."""
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.is_dir() and p.name.isdigit() and int(p.name) > 0)  # fmt: skip
 
 
 def read_model_file(path: Path) -> _Read:

@@ -70,6 +70,8 @@ def test_a_cpu_scenario_takes_its_first_cores(tmp_path: Path) -> None:
         (["--simulated", "a100-class", "--devices", "0"], None, "at least 1, not 0"),
         (["--agent-cores", "1-x"], None, "use e.g. '0-3,6'"),
         (["--simulated", "a100"], None, "set GPULET_PROFILES_DIR"),
+        (["--model-repository", "m", "--simulated", "a100-class"], None,
+         "--model-repository serves the folder's models on CPU"),
         ([], '[cluster]\nkind = "nvidia"\n[[models]]\nname = "noop"\nslo_ms = 9\n', "'nvidia'"),
         ([], '[cluster]\nkind = "cpu"\n[[models]]\nname = "noop"\ninstance = "n2"\nslo_ms = 9\n',
          "instances ['n2']"),
@@ -86,6 +88,13 @@ def test_usage_errors_name_the_fix(
         flags = [*flags, "--scenario", str(path)]
     with pytest.raises(SystemExit, match=re.escape(message)):
         options(*flags)
+
+
+def test_a_model_repository_takes_its_names_unchecked_and_builds_nothing() -> None:
+    got = options("--model-repository", "models", "--models", "mynet,other")
+    assert (got.models, got.model_repository, got.build) == (("mynet", "other"),
+                                                             Path("models"), False)  # fmt: skip
+    assert options("--model-repository", "models").models == ()  # all of the folder's
 
 
 def test_the_pasteable_example_on_simulated_gpus_is_a_token() -> None:
