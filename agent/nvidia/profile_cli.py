@@ -140,7 +140,7 @@ def _write(
     pairs: list[PairResult],
     engine: str,
 ) -> tuple[list[Path], str, DeviceProfile]:
-    """The shared/profiles files (with their provenance), the disk cache and Redis."""
+    """The common/data/profiles-format files (with their provenance), the disk cache and Redis."""
     import asyncio
     import shlex
     import socket
