@@ -1,9 +1,10 @@
 """The package works outside this checkout: a non-editable install of a copy of the checkout, run
 from another working directory, finds its shipped profiles and scenarios and serves.
 
-The copy holds what git tracks (and what it does not ignore), as a user's clone does, in a folder
-with nothing beside it. It is installed with `pip install --no-deps --target` (its dependencies are
-this environment's), and every process below imports gpulet from that install, never from here.
+The copy holds what a user's clone holds (the checkout without what .gitignore leaves out), in a
+folder with nothing beside it. It is installed with `pip install --no-deps --target` (its
+dependencies are this environment's), and every process below imports gpulet from that install,
+never from here.
 """
 
 from __future__ import annotations
@@ -28,15 +29,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
 
 
-def _tracked_files() -> list[str]:
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO_ROOT, capture_output=True, check=True, timeout=30,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: no clone to copy (.ci/run copies one itself)")
-    return [f for f in listed.decode().split("\0") if f and (REPO_ROOT / f).exists()]
+# What a clone does not hold: .gitignore's entries and git's own folder (a build here must not
+# leak into the copy; .ci/run's copy has no .git, a worktree's .git is a file).
+NOT_IN_A_CLONE = shutil.ignore_patterns(
+    ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.py[cod]",
+    ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis", "*.onnx", "*.onnx.data",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +42,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """site-packages of a non-editable install of a bare copy of this checkout."""
     root = tmp_path_factory.mktemp("installed")
     clone = root / "alone" / "gpulet"  # nothing beside it
-    for name in _tracked_files():
-        (clone / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, clone / name)
+    shutil.copytree(REPO_ROOT, clone, ignore=NOT_IN_A_CLONE)
     site = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
