@@ -39,6 +39,11 @@ class ModelResolver(Protocol):
         self, names: Iterable[str], *, wait_s: float = 0.0
     ) -> dict[str, LocalModel]: ...
 
+    async def fingerprint(self, name: str) -> str | None:
+        """What `name` is now (its file's sha256, or the zoo's fingerprint), fetching nothing;
+        None when the router does not publish it and the catalog lacks it."""
+        ...
+
 
 def zoo_model(model_dir: Path, name: str) -> LocalModel:
     """A catalog model in the build cache (built or not)."""

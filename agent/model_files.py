@@ -28,6 +28,7 @@ import aiohttp
 from agent.local_model import LocalModel, zoo_model
 from common.errors import BadModel, GpuletError, NotLoadable, Unavailable, UnknownModel
 from common.models import CATALOG
+from common.modelzoo.cache import fingerprint
 from common.repository.layout import ModelFile
 from common.settings import AgentSettings
 from common.store import Store
@@ -64,6 +65,12 @@ class ModelFiles:
         path = await self._local_file(published, str(record.get("url", "")))
         return LocalModel(published.spec, path, f"sha256:{published.sha256}", repository=True,
                           file=published.relpath)  # fmt: skip
+
+    async def fingerprint(self, name: str) -> str | None:
+        record = await self.store.model_file(name)
+        if record is not None:
+            return f"sha256:{record['sha256']}"
+        return fingerprint(name) if name in CATALOG else None
 
     async def _record(self, name: str, *, wait_s: float) -> dict[str, Any] | None:
         """The router's record of `name`; None for a catalog model it did not publish."""

@@ -63,6 +63,7 @@ class WorkerSlot:
         self.task: asyncio.Task[None] | None = None
         self.engine: str | None = None  # as the ready worker reported them
         self.gpu_memory_bytes = 0
+        self.fingerprints: dict[str, str] = {}  # what each model was when its worker started
 
     # status -------------------------------------------------------------------------------
     def status(self) -> GpuletStatus:
@@ -133,6 +134,7 @@ class WorkerSlot:
             self._set_state("failed", f"models {list(names)}: {exc.message}")
             logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
             return False
+        self.fingerprints = {m: local[m].fingerprint for m in names}
         config = WorkerConfig(
             gpulet_id=self.spec.gpulet_id,
             generation=self.generation,
@@ -397,7 +399,8 @@ class Supervisor:
             wanted = {s.gpulet_id: s for s in specs}
             for gpulet_id, slot in list(self.slots.items()):
                 spec = wanted.get(gpulet_id)
-                if spec is not None and spec.partition() == slot.spec.partition():
+                if spec is not None and spec.partition() == slot.spec.partition() \
+                        and await self._same_files(slot):  # fmt: skip
                     slot.spec = spec
                     continue
                 if spec is None and gpulet_id in retiring:
@@ -410,6 +413,22 @@ class Supervisor:
                     slot = WorkerSlot(spec, self)
                     self.slots[gpulet_id] = slot
                     slot.task = asyncio.create_task(slot.supervise(), name=f"slot-{gpulet_id}")
+
+    async def _same_files(self, slot: WorkerSlot) -> bool:
+        """Whether the worker still runs what its models are: a repository model loaded again
+        with another file (a new version) keeps its name, and its gpu-let may keep its place."""
+        if self.model_files is None or not slot.fingerprints:
+            return True  # not started yet: it will load what the models are then
+        for name, loaded in slot.fingerprints.items():
+            try:
+                now = await self.model_files.fingerprint(name)
+            except GpuletError:  # Redis unreachable: keep serving what runs
+                return True
+            if now is not None and now != loaded:
+                logger.info("gpulet=%s model=%s changed files; restarting its worker",
+                            slot.spec.gpulet_id, name)  # fmt: skip
+                return False
+        return True
 
     async def run(
         self,

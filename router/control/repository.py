@@ -341,8 +341,14 @@ class Repository:
             for name in names:
                 self.controller.remove_model(name)
             self.reasons[model] = UNLOADED
-        await self._until(lambda: not set(names) & set(self.controller.table.routes),
-                          f"{model} is still routed")  # fmt: skip
+
+        def gone() -> bool:
+            # Not routed, and a placement without it written: a load right after (of other
+            # files under the same name) must not find its old gpu-lets still placed.
+            placed = {m for g in self.controller.target.gpulets for m in g.model_names}
+            return not set(names) & (set(self.controller.table.routes) | placed)
+
+        await self._until(gone, f"{model} is still placed")
         logger.info("model unloaded model=%s", model)
 
     async def _until(self, done: Callable[[], bool], what: str) -> None:

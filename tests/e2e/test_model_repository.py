@@ -245,8 +245,18 @@ def test_a_model_folder_added_while_running_is_listed_loaded_and_unloaded(
     want = reference(file_of(root, "halfnet"), models["halfnet"].inputs)
     assert_same(via_v1(served, "late", models["halfnet"]), want)
 
+    # A new version in the folder: loading again serves it (the latest) in place of version 1.
+    (root / "late" / "2").mkdir()
+    shutil.copy(file_of(root, "thumbs"), root / "late" / "2" / "model.onnx")
+    reloaded = served.post(f"{REPOSITORY}/models/late/load", {}, timeout_s=200.0)
+    assert (reloaded.status, reloaded.body) == (200, {}), reloaded.body
+    assert served.get("/v2/models/late").body["versions"] == ["2"]
+    assert index(served)[("late", "1")] == ("UNAVAILABLE", "version_policy serves versions ['2']")
+    want = reference(file_of(root, "thumbs"), models["thumbs"].inputs)
+    assert_same(via_v1(served, "late", models["thumbs"]), want)
+
     unloaded = served.post(f"{REPOSITORY}/models/late/unload", {}, timeout_s=200.0)
     assert (unloaded.status, unloaded.body) == (200, {}), unloaded.body
-    assert index(served)[("late", "1")] == ("UNAVAILABLE", "unloaded")
+    assert index(served)[("late", "2")] == ("UNAVAILABLE", "unloaded")
     gone = served.post("/v1/infer", {"model": "late", "inputs": {"x": [[0.0] * 6]}})
     assert gone.status == 404
