@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.api import STATE_KEY, AgentState, create_app
 from agent.devices import allowed_cores, discover_cpu, discover_simulated
 from agent.executor import GpuletExecutor
+from agent.model_files import ModelFiles
 from agent.model_prep import ModelPreparer
 from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publish_profile
 from agent.profiling.cache import NO_PROFILE, republish_profile
@@ -107,6 +108,9 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
     devices, supervisor = build_executor(settings)
     await supervisor.start()
     store = Store.from_url(settings.redis_url, settings.redis_prefix)
+    files = ModelFiles(settings, store)  # repository models: published by the router
+    if isinstance(supervisor, Supervisor):
+        supervisor.model_files = files
     runner: web.AppRunner | None = None
     beat: asyncio.Task[None] | None = None
     profiling: asyncio.Task[None] | None = None
@@ -136,7 +140,7 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         beat = asyncio.create_task(heartbeat_loop(store, state, settings))
         cpu = [d for d in devices if d.kind == "cpu"]
         if cpu and settings.profile_on_start:
-            state.preparer = ModelPreparer(store, settings, cpu[0], agent_id)
+            state.preparer = ModelPreparer(store, settings, cpu[0], agent_id, files)
             profiling = asyncio.create_task(
                 announce_profile(store, settings, state, state.preparer)
             )

@@ -1,5 +1,6 @@
-"""Preparing models on a CPU agent: build their ONNX files if missing, then measure what this
-machine's profile lacks, so that the planner can place them.
+"""Preparing models on a CPU agent: build a zoo model's ONNX file if missing, or get a repository
+model's file (agent/model_files.py) and check that ONNX Runtime runs it (agent/model_check.py),
+then measure what this machine's profile lacks, so that the planner can place them.
 
 At start the agent prepares its GPULET_MODELS; the router's model load asks for one more model
 (POST /v1/models). The models asked for since start are kept, so that a later preparation (and
@@ -14,7 +15,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.profiling.cache import ensure_agent_profile
+from agent.local_model import LocalModel
+from agent.model_check import check_models
+from agent.model_files import ModelFiles
+from agent.profiling.cache import ensure_agent_profile, profile_key_for
 from common.cluster import DeviceInfo
 from common.errors import GpuletError, NotLoadable, UnknownModel
 from common.models import CATALOG
@@ -33,12 +37,13 @@ class Prepared:
         return {"profile_key": self.profile_key, "built": list(self.built)}
 
 
+# At start the router may still be publishing the repository models the agent is to serve.
+STARTUP_RECORD_WAIT_S = 60.0
+
+
 def check_names(names: Sequence[str]) -> list[str]:
-    """The names asked for, without repeats; 404 naming the catalog when one is not in it."""
-    unknown = sorted({n for n in names if n not in CATALOG})
-    if unknown:
-        raise UnknownModel(f"no catalog models {unknown}; the catalog has {sorted(CATALOG)}",
-                           models=sorted(CATALOG))  # fmt: skip
+    """The names asked for, without repeats (each is the catalog's, or resolved as a repository
+    model the router published; 404 otherwise)."""
     if not names:
         raise UnknownModel("no models named to prepare", models=sorted(CATALOG))
     return list(dict.fromkeys(names))
@@ -64,6 +69,7 @@ class ModelPreparer:
     settings: AgentSettings
     device: DeviceInfo
     agent_id: str
+    files: ModelFiles
     added: list[str] = field(default_factory=list)  # asked for by the router since start
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -75,15 +81,39 @@ class ModelPreparer:
         return the profile's key (unchanged: one machine, one key; the rows under it grow)."""
         wanted = check_names(names) if names is not None else []
         async with self._lock:
-            built = await asyncio.to_thread(build_files, self.settings, wanted) if wanted else []
+            new = await self.files.resolve(wanted)  # a repository model's file is fetched here
+            zoo = [n for n, m in new.items() if not m.repository]
+            built = await asyncio.to_thread(build_files, self.settings, zoo) if zoo else []
+            await check_models(list(new.values()), self.files.checked)
             known = set(self.models())
             self.added.extend(n for n in wanted if n not in known)
+            resolved = await self._resolve_prepared(wait_s=0.0 if names else STARTUP_RECORD_WAIT_S)
+            await check_models(list(resolved.values()), self.files.checked)
+            if not resolved:  # nothing to serve yet: the router's loads will name the models
+                return Prepared(await asyncio.to_thread(profile_key_for, self.device), ())
             try:
-                key = await ensure_agent_profile(self.store, self.settings, self.device,
-                                                 self.agent_id, self.models())  # fmt: skip
+                key = await ensure_agent_profile(
+                    self.store, self.settings, self.device, self.agent_id, list(resolved),
+                    resolved,
+                )  # fmt: skip
             except (FileNotFoundError, ValueError) as exc:  # a start-up model never built, ...
-                raise NotLoadable(f"cannot profile {', '.join(self.models())}: {exc}") from exc
+                raise NotLoadable(f"cannot profile {', '.join(resolved)}: {exc}") from exc
         if wanted:
             logger.info("models prepared models=%s built=%s key=%s", ",".join(wanted),
                         ",".join(built) or "-", key)  # fmt: skip
         return Prepared(key, tuple(built))
+
+    async def _resolve_prepared(self, *, wait_s: float) -> dict[str, LocalModel]:
+        """Every model prepared so far. One added by a load that the router no longer publishes
+        (a router started afresh) is dropped, and said so; a start-up model must resolve."""
+        resolved: dict[str, LocalModel] = {}
+        for name in self.models():
+            try:
+                resolved[name] = await self.files.resolve_one(name, wait_s=wait_s)
+            except UnknownModel:
+                if name not in self.added:
+                    raise
+                self.added.remove(name)
+                logger.warning("model=%s is no longer published by the router; not profiled "
+                               "again", name)  # fmt: skip
+        return resolved

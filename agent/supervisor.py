@@ -15,17 +15,17 @@ import logging
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from agent.executor import serving
+from agent.local_model import LocalModel, ModelResolver, zoo_model
 from agent.worker import WorkerConfig, WorkerSetup, worker_main
 from common import frames
 from common.cluster import GpuletState, GpuletStatus
 from common.errors import BackendFailed, DeadlinePassed, GpuletError, Overloaded, Unavailable
 from common.errors import from_code as error_from_code
-from common.modelzoo.cache import onnx_path
 from common.placement import GpuletSpec
 from common.settings import AgentSettings
 from common.stream import StreamClosed, read_message, write_message
@@ -63,6 +63,7 @@ class WorkerSlot:
         self.task: asyncio.Task[None] | None = None
         self.engine: str | None = None  # as the ready worker reported them
         self.gpu_memory_bytes = 0
+        self.fingerprints: dict[str, str] = {}  # what each model was when its worker started
 
     # status -------------------------------------------------------------------------------
     def status(self) -> GpuletStatus:
@@ -126,16 +127,25 @@ class WorkerSlot:
             self._set_state("failed", str(exc))
             logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
             raise Unservable(str(exc)) from exc
+        names = self.spec.model_names
+        try:
+            local = await self.sup.models_of(names)
+        except GpuletError as exc:  # not published (yet), or its file could not be fetched
+            self._set_state("failed", f"models {list(names)}: {exc.message}")
+            logger.error("gpulet=%s %s", self.spec.gpulet_id, self.error)
+            return False
+        self.fingerprints = {m: local[m].fingerprint for m in names}
         config = WorkerConfig(
             gpulet_id=self.spec.gpulet_id,
             generation=self.generation,
             socket_path=str(self.sup.socket_path),
             cores=self.spec.cores,
-            models=self.spec.model_names,
-            model_paths=tuple(str(onnx_path(self.sup.model_dir, m)) for m in self.spec.model_names),
+            models=names,
+            model_paths=tuple(str(local[m].path) for m in names),
             log_level=self.sup.settings.log_level,
             env=setup.env,
             gpu_engine=setup.gpu_engine,
+            specs=tuple(local[m].spec for m in names),
         )
         # A GPU engine may need no ONNX file (torch); the worker says what it lacks.
         missing = _missing_files(config.model_paths) if setup.gpu_engine is None else []
@@ -347,6 +357,9 @@ class Supervisor:
         # The device's part of each worker (GPU binding and engine); None: CPU workers.
         self.worker_setup = worker_setup
         self.model_dir = settings.model_dir
+        # Finds each model's signature and file (fetching a repository model's); None: the zoo's
+        # catalog and build cache only (set by the agent's main).
+        self.model_files: ModelResolver | None = None
         self.mp = multiprocessing.get_context("spawn")
         self._tmp = tempfile.TemporaryDirectory(prefix="gpulet-agent-")
         self.socket_path = Path(self._tmp.name) / SOCKET_NAME
@@ -356,6 +369,11 @@ class Supervisor:
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
+
+    async def models_of(self, names: Sequence[str]) -> Mapping[str, LocalModel]:
+        if self.model_files is not None:
+            return await self.model_files.resolve(names)
+        return {m: zoo_model(self.model_dir, m) for m in names}
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -381,7 +399,8 @@ class Supervisor:
             wanted = {s.gpulet_id: s for s in specs}
             for gpulet_id, slot in list(self.slots.items()):
                 spec = wanted.get(gpulet_id)
-                if spec is not None and spec.partition() == slot.spec.partition():
+                if spec is not None and spec.partition() == slot.spec.partition() \
+                        and await self._same_files(slot):  # fmt: skip
                     slot.spec = spec
                     continue
                 if spec is None and gpulet_id in retiring:
@@ -394,6 +413,22 @@ class Supervisor:
                     slot = WorkerSlot(spec, self)
                     self.slots[gpulet_id] = slot
                     slot.task = asyncio.create_task(slot.supervise(), name=f"slot-{gpulet_id}")
+
+    async def _same_files(self, slot: WorkerSlot) -> bool:
+        """Whether the worker still runs what its models are: a repository model loaded again
+        with another file (a new version) keeps its name, and its gpu-let may keep its place."""
+        if self.model_files is None or not slot.fingerprints:
+            return True  # not started yet: it will load what the models are then
+        for name, loaded in slot.fingerprints.items():
+            try:
+                now = await self.model_files.fingerprint(name)
+            except GpuletError:  # Redis unreachable: keep serving what runs
+                return True
+            if now is not None and now != loaded:
+                logger.info("gpulet=%s model=%s changed files; restarting its worker",
+                            slot.spec.gpulet_id, name)  # fmt: skip
+                return False
+        return True
 
     async def run(
         self,

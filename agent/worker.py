@@ -45,6 +45,14 @@ class WorkerConfig:
     # None: ONNX Runtime on the CPU; else the GPU engine asked for ("auto", "onnxruntime",
     # "torch"), chosen in the worker by agent.nvidia.engines.
     gpu_engine: str | None = None
+    # The models' signatures, in `models` order; empty: the catalog's (zoo models).
+    specs: tuple[ModelSpec, ...] = ()
+
+    def spec_of(self, name: str) -> ModelSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        return CATALOG[name]
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ class ModelRunner:
         sessions: dict[str, Any] = {}
         specs: dict[str, ModelSpec] = {}
         for name, path in zip(config.models, config.model_paths, strict=True):
-            spec = CATALOG[name]
+            spec = config.spec_of(name)
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             check_signature(spec, session)
             sessions[name], specs[name] = session, spec
@@ -162,8 +170,13 @@ class ModelRunner:
 
     def run(self, model: str, inputs: dict[str, frames.Array]) -> dict[str, frames.Array]:
         session = self.sessions[model]
+        spec = self.specs[model]
+        if not spec.batched:  # one item, sent as a batch of one: the graph takes it without
+            inputs = {name: array[0] for name, array in inputs.items()}
         outputs = session.run(None, inputs)
-        names = (spec.name for spec in self.specs[model].outputs)
+        if not spec.batched:
+            outputs = [np.asarray(out)[np.newaxis] for out in outputs]
+        names = (t.name for t in spec.outputs)
         return dict(zip(names, outputs, strict=True))
 
     def handle_run(self, message: frames.Frame) -> bytes:
@@ -194,14 +207,18 @@ def warmup_inputs(spec: ModelSpec, batch: int = 1) -> dict[str, frames.Array]:
     return {t.name: np.zeros((batch, *t.item_shape), dtype=t.dtype) for t in spec.inputs}
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+# ONNX Runtime's type names -> numpy dtype names.
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+              "tensor(float16)": "float16", "tensor(bool)": "bool",
+              **{f"tensor({t})": t for t in ("int8", "int16", "int32", "int64", "uint8", "uint16",
+                                             "uint32", "uint64")}}  # fmt: skip
 
 
 def check_signature(spec: ModelSpec, session: Any) -> None:
-    """Refuse a model file whose inputs or outputs differ from the catalog's signature."""
+    """Refuse a model file whose inputs or outputs differ from the signature it is served as."""
     pairs = ((spec.inputs, session.get_inputs()), (spec.outputs, session.get_outputs()))
     for declared, actual in pairs:
         got = [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in actual]
         want = [(t.name, t.dtype) for t in declared]
         if got != want:
-            raise ValueError(f"model {spec.name}: file has {got}, catalog declares {want}")
+            raise ValueError(f"model {spec.name}: file has {got}, its signature says {want}")

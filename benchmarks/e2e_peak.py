@@ -51,7 +51,7 @@ from system import POLL_INTERVAL_S, READY_TIMEOUT_S, gpulet_up, http_get
 from common import redis_server
 from common.interference import NoInterference
 from common.profiles import DeviceProfile
-from common.scenarios import Scenario, load_scenario
+from common.scenarios import PACKAGED_SCENARIOS, Scenario, load_scenario
 from router.scheduling.live import cpu_devices, serving_shared
 from router.scheduling.offline import (
     Setting,
@@ -63,8 +63,7 @@ from router.scheduling.offline import (
 from router.scheduling.types import PlanConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_SCENARIOS = REPO_ROOT.parent / "shared" / "scenarios"
-DEFAULT_SCENARIOS = (SHARED_SCENARIOS / "a100-scen3.toml", SHARED_SCENARIOS / "cpu-pair.toml")
+DEFAULT_SCENARIOS = (PACKAGED_SCENARIOS / "a100-scen3.toml", PACKAGED_SCENARIOS / "cpu-pair.toml")
 DEFAULT_SCHEDULERS = ("gpulet+int", "temporal")
 ATTAINMENT_GOAL = 0.99  # share of requests answered 200 within their SLO
 START_FRACTION = 0.7  # first trial at this share of r*

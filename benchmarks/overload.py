@@ -28,14 +28,14 @@ import orjson
 # Run as a script: this folder is on sys.path, so the sibling module imports by name.
 from system import gpulet_up, router_pid
 
-from common.scenarios import load_scenario
+from common.scenarios import PACKAGED_SCENARIOS, load_scenario
 from loadgen.arrivals import schedule
 from loadgen.bodies import request_bodies
 from loadgen.report import Record, Spread, build_report
 from loadgen.runner import RunConfig, run_open_loop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCENARIO = REPO_ROOT.parent / "shared" / "scenarios" / "a100-scen3.toml"
+DEFAULT_SCENARIO = PACKAGED_SCENARIOS / "a100-scen3.toml"
 REFUSALS = (429, 503, 504)
 FAST_REFUSAL_MS = 50.0  # the goal for answering the excess
 RSS_SAMPLE_S = 1.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from common.interference import Corunner, InterferenceModel
 from common.profiles import DeviceProfile
-from common.scenarios import Scenario
+from common.scenarios import PACKAGED_SCENARIOS, Scenario
 from router.scheduling.perf import PerfModel
 from router.scheduling.schedulers import layouts
 
@@ -33,11 +33,8 @@ GAIN_EPS = 1e-9
 
 
 def default_scenarios_dir() -> Path:
-    beside = Path(__file__).resolve().parents[2] / "shared" / "scenarios"
-    if beside.is_dir():
-        return beside
     env = os.environ.get("GPULET_SCENARIOS_DIR")
-    return Path(env) if env else beside
+    return Path(env) if env else PACKAGED_SCENARIOS
 
 
 # ---------------------------------------------------------------- pure: bounds and ratios

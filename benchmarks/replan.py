@@ -35,14 +35,14 @@ import orjson
 # Run as a script: this folder is on sys.path, so the sibling module imports by name.
 from system import gpulet_up, http_get
 
-from common.scenarios import load_scenario
+from common.scenarios import PACKAGED_SCENARIOS, load_scenario
 from loadgen.arrivals import schedule
 from loadgen.bodies import request_bodies
 from loadgen.report import Record
 from loadgen.runner import START_DELAY_S, RunConfig, run_open_loop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCENARIO = REPO_ROOT.parent / "shared" / "scenarios" / "sim-steps.toml"
+DEFAULT_SCENARIO = PACKAGED_SCENARIOS / "sim-steps.toml"
 # Answers that are the system's own policy, not a failure: deadline drops and overload refusals.
 POLICY_CODES = {"deadline_exceeded", "overloaded", "client_overloaded"}
 

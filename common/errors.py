@@ -5,6 +5,8 @@
     │                                                      input, wrong shape/dtype, not numbers
     ├── Unauthorized                 401 unauthorized      an admin endpoint without the
     │                                                      GPULET_ADMIN_TOKEN bearer token
+    ├── BadModel                     400 bad_model         model load: the repository's files
+    │                                                      cannot be served (names file, field)
     ├── UnknownModel                 404 unknown_model     lists the known models
     ├── NotLoadable                  409 not_loadable      model load: the cluster cannot
     │                                                      serve it (e.g. no profile rows)
@@ -57,6 +59,11 @@ class Unauthorized(GpuletError):
         return {"WWW-Authenticate": "Bearer"}  # RFC 6750: the scheme the client must use
 
 
+class BadModel(GpuletError):
+    code = "bad_model"
+    status = 400
+
+
 class UnknownModel(GpuletError):
     code = "unknown_model"
     status = 404
@@ -106,6 +113,7 @@ _BY_CODE: dict[str, type[GpuletError]] = {
         GpuletError,
         BadRequest,
         Unauthorized,
+        BadModel,
         UnknownModel,
         NotLoadable,
         PayloadTooLarge,

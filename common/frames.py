@@ -20,8 +20,9 @@ import orjson
 
 # dtypes that may cross a process boundary; all little-endian on the wire.
 WIRE_DTYPES = frozenset(
-    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
-)
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+     "uint32", "uint64", "bool"}
+)  # fmt: skip
 
 _HEADER_LEN = struct.Struct("<I")
 Array = npt.NDArray[Any]

@@ -8,40 +8,94 @@ match them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 # A dimension of -1 is the dynamic batch axis; it is always axis 0.
 BATCH_DIM = -1
+
+
+# A dimension a model leaves open (an output's size that depends on the data); never an input's.
+DYNAMIC_DIM = -1
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "float32", "int64", ...
-    shape: tuple[int, ...]  # includes the batch axis as BATCH_DIM
+    shape: tuple[int, ...]  # batched: the batch axis first, as BATCH_DIM; else the whole shape
+    # False for a model without a batch axis (served one item at a time): `shape` is the tensor's
+    # whole shape, and requests carry it so; inside gpulet it still travels as a batch of one.
+    batched: bool = True
 
     @property
     def item_shape(self) -> tuple[int, ...]:
         """Shape of one item, without the batch axis."""
-        return self.shape[1:]
+        return self.shape[1:] if self.batched else self.shape
 
     def describe(self) -> str:
-        dims = ", ".join("batch" if d == BATCH_DIM else str(d) for d in self.shape)
+        dims = ", ".join("batch" if d == BATCH_DIM and i == 0 and self.batched else
+                         "?" if d == DYNAMIC_DIM else str(d)
+                         for i, d in enumerate(self.shape))  # fmt: skip
         return f"{self.dtype}[{dims}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "batched": self.batched}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]),
+                   bool(data.get("batched", True)))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
+    name: str  # the served name: a model's, or "model@version" for another served version
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     default_slo_ms: float
     description: str
+    # The most items one request or batch may carry (a repository model's config.pbtxt
+    # max_batch_size; 1 without a batch axis); 0: no limit of the model's own (GPULET_MAX_BATCH).
+    max_batch_size: int = 0
+    version: str = "1"  # the repository version this spec serves
+
+    @property
+    def batched(self) -> bool:
+        return all(t.batched for t in self.inputs)
+
+    def batch_limit(self, configured: int) -> int:
+        """The largest batch a request may carry: the model's own limit within `configured`."""
+        return min(configured, self.max_batch_size) if self.max_batch_size else configured
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:
             if spec.name == name:
                 return spec
         return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "default_slo_ms": self.default_slo_ms,
+            "description": self.description,
+            "max_batch_size": self.max_batch_size,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(
+            name=str(data["name"]),
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+            default_slo_ms=float(data["default_slo_ms"]),
+            description=str(data.get("description", "")),
+            max_batch_size=int(data.get("max_batch_size", 0)),
+            version=str(data.get("version", "1")),
+        )
 
 
 def _image_model(name: str, slo_ms: float, description: str) -> ModelSpec:
@@ -58,7 +112,7 @@ BERT_SEQ_LEN = 128
 NOOP_WIDTH = 16
 
 # Default SLOs are roughly 3-5x the measured one-core batch-1 ONNX Runtime latency on this
-# machine class (reference/machine-notes.md section 3), as shared/scenarios/cpu-*.toml set them.
+# machine class (reference/machine-notes.md section 3), as the cpu-*.toml scenarios set them.
 CATALOG: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (

@@ -6,7 +6,9 @@ A profile is a table of facts; `latency_ms(model, batch, size)` reads it and int
     2. in size: when `size` itself was not measured, linearly between the two nearest measured
        sizes, each first interpolated in batch.
 Outside the measured range it raises `ProfileGap` (never a silent extrapolation); callers decide.
-Sources: shared/profiles (NAME.toml + CSVs) and the profiles agents measure (JSON in Redis).
+Sources: the measured GPU profiles shipped with the package (common/data/profiles: NAME.toml +
+CSVs, copied from the project's reference profiles with their provenance headers) and the
+profiles agents measure (JSON in Redis).
 """
 
 from __future__ import annotations
@@ -204,7 +206,10 @@ def _interpolate_batch(
     return l0 + (batch - b0) / (b1 - b0) * (l1 - l0)
 
 
-# loading shared/profiles ------------------------------------------------------------------
+# loading NAME.toml profiles ------------------------------------------------------------------
+# The profiles the package ships (package data): found wherever gpulet is installed.
+PACKAGED_PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a profile CSV; `#` lines are provenance comments."""
     with path.open(newline="") as handle:
@@ -212,7 +217,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def load_profile(toml_path: Path) -> DeviceProfile:
-    """A NAME.toml profile with its CSVs (format: shared/profiles/README.md)."""
+    """A NAME.toml profile with its CSVs (format: common/data/profiles/README.md)."""
     meta = tomllib.loads(toml_path.read_text())
     base = toml_path.parent
     latency: dict[tuple[str, float], list[tuple[int, float]]] = defaultdict(list)
@@ -252,8 +257,9 @@ def profile_search_path(near: Path | None = None) -> list[Path]:
         paths.append(Path(os.environ["GPULET_PROFILES_DIR"]))
     if near is not None:
         paths += [near.parent / "profiles", near.parent.parent / "profiles"]
+    # A checkout's benchmarks/profiles holds what `gpulet profile --nvidia --out` measured.
     repo = Path(__file__).resolve().parents[1]
-    paths += [repo / "benchmarks" / "profiles", repo.parent / "shared" / "profiles"]
+    paths += [repo / "benchmarks" / "profiles", PACKAGED_PROFILES]
     return paths
 
 

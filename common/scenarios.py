@@ -1,4 +1,5 @@
-"""Scenario files (shared/scenarios/README.md): devices, models with SLOs, and how rates are set."""
+"""Scenario files (common/data/scenarios/README.md): devices, models with SLOs, and how rates are
+set. The project's scenarios ship as package data; a bare name (`a100-scen3`) finds them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from common.profiles import DeviceProfile, find_profile
 
 SIMULATED_KIND = "simulated"
+# The scenarios the package ships (package data), beside its profiles (../profiles).
+PACKAGED_SCENARIOS = Path(__file__).resolve().parent / "data" / "scenarios"
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,27 @@ class Scenario:
         return find_profile(self.profile_name, near=self.path)
 
 
+def scenario_path(path: Path) -> Path:
+    """`path` itself when it exists; a bare name (`a100-scen3`, or `a100-scen3.toml`) that is no
+    file here names a shipped scenario. Otherwise `path`, so the caller's error names it."""
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = PACKAGED_SCENARIOS / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    return shipped if shipped.exists() else path
+
+
+def shipped_scenarios() -> list[str]:
+    return sorted(p.stem for p in PACKAGED_SCENARIOS.glob("*.toml"))
+
+
 def load_scenario(path: Path) -> Scenario:
-    data = tomllib.loads(path.read_text())
+    path = scenario_path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the scenario ({exc.strerror}); give a path or a "
+                         f"shipped scenario's name: {', '.join(shipped_scenarios())}") from None
+    data = tomllib.loads(text)
     cluster, rate = data.get("cluster", {}), data.get("rate", {})
     try:
         models = tuple(

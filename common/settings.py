@@ -36,11 +36,26 @@ class CommonSettings(BaseSettings):
     simulated_profile: str | None = Field(
         default=None, description="serve simulated GPUs of this measured profile, not CPU workers"
     )
+    model_repository: Path | None = Field(
+        default=None,
+        description="a model repository in Triton's layout (DIR/<model>/<version>/model.onnx); "
+        "unset: the built-in model zoo. On an agent: where it finds the repository's files "
+        "locally (else it fetches them from the router)",
+    )
+    max_model_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="repository model files larger than this are refused"
+    )
+
+    def named_models(self) -> list[str]:
+        """GPULET_MODELS as given (empty: none named)."""
+        return [n.strip() for n in self.models.split(",") if n.strip()]
 
     def model_list(self) -> list[str]:
         from common.models import CATALOG
 
-        names = [n.strip() for n in self.models.split(",") if n.strip()] or sorted(CATALOG)
+        if self.model_repository is not None:
+            return self.named_models()  # checked against the repository by its reader
+        names = self.named_models() or sorted(CATALOG)
         unknown = [n for n in names if n not in CATALOG]
         if unknown and self.simulated_profile:
             from common.profiles import find_profile
@@ -61,6 +76,11 @@ class RouterSettings(CommonSettings):
         default=None,
         description="this router's identity in Redis (routers sharing a cluster register and "
         "elect a planner); default: <hostname>-<port>-<random>",
+    )
+    router_advertise_url: str | None = Field(
+        default=None,
+        description="URL agents reach the router at, to fetch repository model files "
+        "(default from host:port)",
     )
     max_batch: int = Field(default=64, ge=1, description="largest batch one request may carry")
     scheduler: str = Field(
@@ -139,6 +159,13 @@ class RouterSettings(CommonSettings):
 
 class AgentSettings(CommonSettings):
     agent_id: str | None = Field(default=None, description="default: hostname-port")
+
+    def model_list(self) -> list[str]:
+        """The models to prepare at start: catalog names, or repository models the router
+        publishes (the agent resolves those through Redis); empty: the catalog's."""
+        from common.models import CATALOG
+
+        return self.named_models() or ([] if self.model_repository else sorted(CATALOG))
     agent_host: str = "127.0.0.1"
     agent_port: int = 8100
     agent_advertise_url: str | None = Field(

@@ -6,6 +6,8 @@ Key schema, all under one configurable prefix P:
     P placement             hash: version (grows by one per write), body (JSON), plan (JSON:
                             what the router planned it from, so another router can adopt it)
     P models                hash: model name -> JSON signature
+    P model_files           hash: served name -> JSON of a repository model's file (sha256, size,
+                            path in the repository, signature) and the router URL serving it
     P profile:{key}         hash: profile (JSON DeviceProfile), meta (JSON: machine facts, each
                             model's fingerprint and when it was measured); key e.g. "cpu:<machine>"
     P lease                 the id of the router that plans and reconciles (expires unless it
@@ -17,7 +19,7 @@ Nothing on a request's hot path reads from here.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -120,6 +122,10 @@ class Store:
     @property
     def _models_key(self) -> str:
         return f"{self.prefix}models"
+
+    @property
+    def _model_files_key(self) -> str:
+        return f"{self.prefix}model_files"
 
     def _profile_key(self, key: str) -> str:
         return f"{self.prefix}profile:{key}"
@@ -274,6 +280,28 @@ class Store:
         mapping = {spec.name: orjson.dumps(_spec_json(spec)) for spec in specs}
         if mapping:
             await self.client.hset(self._models_key, mapping=mapping)  # type: ignore[arg-type]
+
+    @_redis_errors
+    async def put_model_files(self, records: Mapping[str, dict[str, Any]]) -> None:
+        """Publish repository models' files (served name -> record) for agents to fetch."""
+        mapping = {name: orjson.dumps(record) for name, record in records.items()}
+        if mapping:
+            await self.client.hset(self._model_files_key, mapping=mapping)  # type: ignore[arg-type]
+
+    @_redis_errors
+    async def model_file(self, name: str) -> dict[str, Any] | None:
+        value = await self.client.hget(self._model_files_key, name)
+        if value is None:
+            return None
+        record: dict[str, Any] = orjson.loads(value)
+        return record
+
+    @_redis_errors
+    async def remove_model_files(self, names: Iterable[str]) -> None:
+        """Forget the published files of `names` (served from the zoo again)."""
+        names = list(names)
+        if names:
+            await self.client.hdel(self._model_files_key, *names)
 
     # measured device profiles -------------------------------------------------------------
     @_redis_errors

@@ -27,7 +27,7 @@ EXIT_INTERRUPTED = 130
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("loadgen", help="send a scenario's load open-loop to a router and report")
-    p.add_argument("scenario", type=Path, help="a scenario TOML (shared/scenarios format)")
+    p.add_argument("scenario", type=Path, help="a scenario TOML (common/data/scenarios format)")
     p.add_argument("--url", required=True, help="the router, e.g. http://127.0.0.1:8000")
     p.add_argument(
         "--rate",

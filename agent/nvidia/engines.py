@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,17 @@ def load_gpu_runner(config: WorkerConfig) -> ModelRunner:
     engine = choose_engine(config.gpu_engine or "auto")
     started = time.perf_counter()
     sessions: dict[str, BoundSession] | dict[str, TorchSession]
+    specs = {m: config.spec_of(m) for m in config.models}
     if engine == ENGINE_ORT_CUDA:
-        sessions = ort_cuda_sessions(config.models, config.model_paths, len(config.cores))
+        sessions = ort_cuda_sessions(config.models, config.model_paths, len(config.cores), specs)
     else:
+        foreign = [m for m in config.models if m not in CATALOG]
+        if foreign:  # the torch engine runs the zoo's own nets; a repository model is a file
+            raise EngineUnavailable(f"{foreign}: repository models run on ONNX Runtime's CUDA "
+                                    "provider (install onnxruntime-gpu), not on the torch "
+                                    "engine")  # fmt: skip
         sessions = torch_sessions(config.models, "cuda", len(config.cores))
-    runner = ModelRunner(sessions, {m: CATALOG[m] for m in config.models}, 0.0, engine=engine)
+    runner = ModelRunner(sessions, specs, 0.0, engine=engine)
     runner.warm_up(GPU_WARMUP_BATCHES)
     runner.load_ms = (time.perf_counter() - started) * 1000
     runner.gpu_memory_bytes = gpu_memory_bytes(engine)
@@ -130,7 +137,8 @@ def gpu_memory_bytes(engine: str) -> int:
 
 # ONNX Runtime, CUDA execution provider ---------------------------------------------------------
 def ort_cuda_sessions(
-    models: tuple[str, ...], paths: tuple[str, ...], cores: int
+    models: tuple[str, ...], paths: tuple[str, ...], cores: int,
+    specs: Mapping[str, ModelSpec] | None = None,
 ) -> dict[str, BoundSession]:
     import onnxruntime as ort
 
@@ -151,8 +159,9 @@ def ort_cuda_sessions(
         if session.get_providers()[:1] != ["CUDAExecutionProvider"]:
             raise EngineUnavailable(f"{name}: CUDA provider did not start (providers in use: "
                                     f"{session.get_providers()}); see the worker log")  # fmt: skip
-        check_signature(CATALOG[name], session)
-        sessions[name] = BoundSession(session, CATALOG[name])
+        spec = (specs or {}).get(name) or CATALOG[name]
+        check_signature(spec, session)
+        sessions[name] = BoundSession(session, spec)
     return sessions
 
 

@@ -1,5 +1,5 @@
 """`gpulet profile --nvidia`: measure one GPU's profile under real MPS partitions, write it in the
-shared/profiles format, and keep it where an nvidia agent finds it (Redis and the disk cache,
+common/data/profiles format, and keep it where an nvidia agent finds it (Redis and the disk cache,
 under the key the agent advertises).
 
 Where MPS cannot be used, `--sizes 100` still measures whole-GPU (time-sliced) gpu-lets, which
@@ -140,7 +140,7 @@ def _write(
     pairs: list[PairResult],
     engine: str,
 ) -> tuple[list[Path], str, DeviceProfile]:
-    """The shared/profiles files (with their provenance), the disk cache and Redis."""
+    """The common/data/profiles-format files (with their provenance), the disk cache and Redis."""
     import asyncio
     import shlex
     import socket

@@ -1,6 +1,6 @@
 """What a GPU profile measures and how it is written (pure): the grid of models x batches x MPS
-sizes, the co-located pairs for the interference fit, the store key, and the shared/profiles
-files (NAME.toml, NAME.csv, NAME-interference.csv; format: shared/profiles/README.md).
+sizes, the co-located pairs for the interference fit, the store key, and the common/data/profiles
+files (NAME.toml, NAME.csv, NAME-interference.csv; format: common/data/profiles/README.md).
 
 Used by agent.nvidia.profile_run (the measuring processes) and agent.nvidia.profile_cli.
 """
@@ -157,7 +157,7 @@ def shared_files(
     gpu: GpuFacts,
     provenance: Provenance,
 ) -> dict[str, str]:
-    """{file name: text} of the profile in the shared/profiles format."""
+    """{file name: text} of the profile in the common/data/profiles format."""
     name = profile.name
     about = (f"# Measured on {gpu.name} ({gpu.uuid}, compute capability "
              f"{gpu.compute_capability_text}), driver {provenance.driver}, engine "

@@ -9,12 +9,13 @@ changed).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from agent.local_model import LocalModel
 from agent.profiling.measure import read_machine_facts
 from agent.profiling.plan import machine_key
 from agent.profiling.profiler import ensure_profile
@@ -68,9 +69,10 @@ async def ensure_agent_profile(
     device: DeviceInfo,
     agent_id: str,
     models: Sequence[str] | None = None,
+    resolved: Mapping[str, LocalModel] | None = None,
 ) -> str:
     """Make sure the store holds this machine's profile of `models` (default: the served
-    ones); return its key."""
+    ones; `resolved`: their files, default the zoo's); return its key."""
     key = profile_key_for(device)
     path = cache_path(settings, key)
     if await store.profile(key) is None and path.exists():
@@ -81,7 +83,7 @@ async def ensure_agent_profile(
             logger.warning("profile cache %s unreadable (%s); measuring again", path, exc)
     await ensure_profile(
         store, settings, device, settings.model_list() if models is None else models,
-        batches=parse_batches(settings.profile_batches), agent_id=agent_id,
+        batches=parse_batches(settings.profile_batches), agent_id=agent_id, resolved=resolved,
     )  # fmt: skip
     found = await store.profile(key)
     if found is not None:

@@ -15,7 +15,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent.local_model import LocalModel, zoo_model
 from agent.profiling.plan import MachineFacts, ProfileRequest, RunBudget, measure_series
 from common.errors import BackendFailed
-from common.models import CATALOG, ModelSpec
-from common.modelzoo.cache import onnx_path
+from common.models import ModelSpec
 from common.profiles import DeviceProfile
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class MeasureFn(Protocol):
         source: str,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        models: Mapping[str, LocalModel] | None = None,
     ) -> DeviceProfile: ...
 
 
@@ -73,9 +74,9 @@ class _Cancelled(Exception):
 @dataclass(frozen=True)
 class _SizeJob:
     cores: tuple[int, ...]
-    models: tuple[str, ...]
+    models: tuple[ModelSpec, ...]
     model_paths: tuple[str, ...]
-    batches: tuple[int, ...]
+    batches: tuple[tuple[int, ...], ...]  # per model
     budget: RunBudget
     log_level: str
 
@@ -87,11 +88,14 @@ def measure_profile(
     source: str,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    models: Mapping[str, LocalModel] | None = None,
 ) -> DeviceProfile:
-    """Measure `request` for real; blocks (run it in a thread). Raises BackendFailed."""
+    """Measure `request` for real; blocks (run it in a thread). Raises BackendFailed.
+    `models` gives their files and signatures (default: the zoo's, in `model_dir`)."""
     import multiprocessing
 
-    paths = tuple(str(onnx_path(model_dir, m)) for m in request.models)
+    local = {m: (models or {}).get(m) or zoo_model(model_dir, m) for m in request.models}
+    paths = tuple(str(local[m].path) for m in request.models)
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"model files missing: {missing}; run `gpulet models build`")
@@ -100,7 +104,8 @@ def measure_profile(
     done = 0
     for size in request.sizes:  # one at a time: two sizes measured at once would interfere
         job = _SizeJob(
-            request.cores_for(size), request.models, paths, request.batches, request.budget,
+            request.cores_for(size), tuple(local[m].spec for m in request.models), paths,
+            tuple(request.batches_for(m) for m in request.models), request.budget,
             logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )  # fmt: skip
         # closing(): a failing progress callback still stops this size's process at once.
@@ -182,8 +187,8 @@ def _size_main(conn: Connection, job: _SizeJob) -> None:
     # Before ModelRunner.load imports onnxruntime, so its thread pool starts inside the core set.
     os.sched_setaffinity(0, set(job.cores))
     try:
-        for model, path in zip(job.models, job.model_paths, strict=True):
-            _measure_model(conn, job, model, path)
+        for spec, path, batches in zip(job.models, job.model_paths, job.batches, strict=True):
+            _measure_model(conn, job, spec, path, batches)
         conn.send({"op": "done"})
     except Exception as exc:  # onnxruntime raises several types; the parent gets one message
         logger.exception("profiling failed cores=%s", job.cores)
@@ -192,15 +197,19 @@ def _size_main(conn: Connection, job: _SizeJob) -> None:
         conn.close()
 
 
-def _measure_model(conn: Connection, job: _SizeJob, model: str, path: str) -> None:
+def _measure_model(
+    conn: Connection, job: _SizeJob, spec: ModelSpec, path: str, batches: tuple[int, ...]
+) -> None:
     """One model in the pinned process; its session is dropped before the next one loads."""
     from agent.worker import ModelRunner, WorkerConfig
 
     # The serving worker's loader, so the same session options and numbers; it reports over
     # this pipe, so it needs no socket.
-    config = WorkerConfig(f"profile-{len(job.cores)}c", 0, "", job.cores, (model,), (path,))
+    model = spec.name
+    config = WorkerConfig(f"profile-{len(job.cores)}c", 0, "", job.cores, (model,), (path,),
+                          specs=(spec,))  # fmt: skip
     runner = ModelRunner.load(config)
-    inputs = {b: profile_inputs(CATALOG[model], b) for b in job.batches}
+    inputs = {b: profile_inputs(spec, b) for b in batches}
 
     def run_once(batch: int) -> float:
         started = time.perf_counter()
@@ -210,11 +219,12 @@ def _measure_model(conn: Connection, job: _SizeJob, model: str, path: str) -> No
     def report(batch: int, latency_ms: float | None) -> None:
         conn.send({"op": "point", "model": model, "batch": batch, "latency_ms": latency_ms})
 
-    measure_series(run_once, job.batches, job.budget, report)
+    measure_series(run_once, batches, job.budget, report)
 
 
 def profile_inputs(spec: ModelSpec, batch: int) -> dict[str, np.ndarray]:
-    """Seeded normal floats; integer tensors are ones (token id 1, a full attention mask)."""
+    """Seeded normal floats; integer tensors are ones (token id 1, a full attention mask),
+    booleans true."""
     rng = np.random.default_rng(INPUT_SEED)
     out: dict[str, np.ndarray] = {}
     for t in spec.inputs:

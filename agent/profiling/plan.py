@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,10 +101,19 @@ class ProfileRequest:
     sizes: tuple[int, ...]
     batches: tuple[int, ...] = BATCHES
     budget: RunBudget = field(default_factory=RunBudget)
+    # The largest batch a model takes (a repository model's max_batch_size; 1 without a batch
+    # axis): larger batches are not measured, so the planner never gives it one.
+    max_batches: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def total_points(self) -> int:
-        return len(self.models) * len(self.sizes) * len(self.batches)
+        return sum(len(self.batches_for(m)) for m in self.models) * len(self.sizes)
+
+    def batches_for(self, model: str) -> tuple[int, ...]:
+        limit = self.max_batches.get(model, 0)
+        if not limit:
+            return self.batches
+        return tuple(b for b in self.batches if b <= limit) or (1,)
 
     def cores_for(self, size: int) -> tuple[int, ...]:
         return self.cores[:size]
@@ -116,12 +125,17 @@ def plan_request(
     sizes: Iterable[int] | None = None,
     batches: Iterable[int] = BATCHES,
     budget: RunBudget | None = None,
+    *,
+    known: Collection[str] | None = None,
+    max_batches: Mapping[str, int] | None = None,
 ) -> ProfileRequest:
-    """Validate and order a request; `sizes` default to every core-set size 1..len(cores)."""
+    """Validate and order a request; `sizes` default to every core-set size 1..len(cores).
+    Models must be in `known` (default: the catalog)."""
     names = tuple(dict.fromkeys(models))
-    unknown = [m for m in names if m not in CATALOG]
+    known = CATALOG if known is None else known
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {sorted(CATALOG)}")
+        raise ValueError(f"unknown models {unknown}; known: {sorted(known)}")
     if not names or not cores:
         raise ValueError("a profile needs at least one model and one core")
     wanted = tuple(sorted(set(sizes))) if sizes is not None else tuple(range(1, len(cores) + 1))
@@ -129,8 +143,9 @@ def plan_request(
     if bad or not wanted:
         raise ValueError(f"sizes {list(wanted)} must lie in 1..{len(cores)} (the cores offered)")
     return ProfileRequest(
-        names, tuple(cores), wanted, tuple(sorted(set(batches))), budget or RunBudget()
-    )
+        names, tuple(cores), wanted, tuple(sorted(set(batches))), budget or RunBudget(),
+        {m: b for m, b in (max_batches or {}).items() if m in names and b},
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -167,7 +182,7 @@ def stale_models(
             entry is not None
             and entry.get("fingerprint") == fingerprints[model]
             and set(request.sizes) <= set(entry.get("sizes", ()))
-            and list(request.batches) == list(entry.get("batches", ()))
+            and list(request.batches_for(model)) == list(entry.get("batches", ()))
         )
 
     return tuple(m for m in request.models if not covered(m))

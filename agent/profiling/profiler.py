@@ -14,11 +14,12 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.local_model import LocalModel, zoo_model
 from agent.profiling.measure import (
     MeasureFn,
     ProfileStep,
@@ -36,7 +37,7 @@ from agent.profiling.plan import (
     stale_models,
 )
 from common.cluster import DeviceInfo
-from common.modelzoo.cache import fingerprint
+from common.models import CATALOG
 from common.profiles import DeviceProfile
 from common.settings import CommonSettings
 
@@ -59,17 +60,23 @@ async def ensure_profile(
     agent_id: str | None = None,
     measure: MeasureFn = measure_profile,
     clock: Callable[[], float] = time.time,
+    resolved: Mapping[str, LocalModel] | None = None,
 ) -> DeviceProfile:
     """This machine's profile of `models`: the stored one while it matches, else measured.
 
     Only stale models are measured again. Measuring runs in a thread, so the event loop goes
     on; `progress` is called on the loop. With `store` None nothing is read or kept.
+    `resolved` gives the models' files, signatures and fingerprints (default: the zoo's).
     """
-    request = plan_request(models, device.cores, sizes, batches)
+    names = list(dict.fromkeys(models))
+    local = dict(resolved) if resolved is not None else {
+        m: zoo_model(settings.model_dir, m) for m in names if m in CATALOG}  # fmt: skip
+    request = plan_request(names, device.cores, sizes, batches, known=set(local),
+                           max_batches={m: local[m].max_batch for m in names if m in local})
     facts = read_machine_facts(len(device.cores))
     machine = machine_key(facts)
     key = f"cpu:{machine}"
-    fingerprints = {m: fingerprint(m) for m in request.models}
+    fingerprints = {m: local[m].fingerprint for m in request.models}
     found = await store.profile(key) if store is not None else None
     stored = DeviceProfile.from_json(found[0]) if found is not None else None
     meta: dict[str, Any] = found[1] if found is not None else {}
@@ -85,9 +92,10 @@ async def ensure_profile(
     )  # fmt: skip
     started = time.perf_counter()
     measured = await _measure_in_thread(
-        measure, plan_request(todo, device.cores, request.sizes, request.batches, request.budget),
+        measure, plan_request(todo, device.cores, request.sizes, request.batches, request.budget,
+                              known=set(local), max_batches=request.max_batches),
         settings.model_dir, f"measured by agent {agent_id or socket.gethostname()} on "
-        f"{facts.cpu_model}", progress,
+        f"{facts.cpu_model}", progress, {m: local[m] for m in todo},
     )  # fmt: skip
     entries = {m: e for m, e in meta.get("models", {}).items() if m not in todo}
     now = clock()
@@ -95,7 +103,7 @@ async def ensure_profile(
         entries[model] = {
             "fingerprint": fingerprints[model],
             "sizes": list(request.sizes),
-            "batches": list(request.batches),
+            "batches": list(request.batches_for(model)),
             "measured_at": now,
         }
     profile = merge_profiles(stored, entries.keys() - set(todo), measured)
@@ -120,6 +128,7 @@ async def _measure_in_thread(
     model_dir: Path,
     source: str,
     progress: ProgressFn | None,
+    models: Mapping[str, LocalModel],
 ) -> DeviceProfile:
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
@@ -130,8 +139,9 @@ async def _measure_in_thread(
 
     try:
         return await asyncio.to_thread(
-            measure, request, model_dir, source=source, progress=on_loop, cancel=cancel
-        )
+            measure, request, model_dir, source=source, progress=on_loop, cancel=cancel,
+            models=models,
+        )  # fmt: skip
     except asyncio.CancelledError:
         cancel.set()  # the thread stops its measuring process and returns soon
         raise

@@ -220,7 +220,7 @@ def load_figures(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_scenario(path: Path, ask: E2eAsk) -> Path:
-    """The load as a scenario file (shared/scenarios format): each model at weight 1 x r."""
+    """The load as a scenario file (common/data/scenarios format): each model at weight 1 x r."""
     lines = [f'name = "gpu-check-{ask.step}"',
              'description = "gpu_check: two models at a rate the plan carries"',
              '[cluster]', 'kind = "nvidia"', 'devices = 1', '[rate]', 'mode = "sweep"']  # fmt: skip

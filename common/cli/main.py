@@ -44,7 +44,7 @@ def _up_models(text: str | None, simulated: str | None) -> tuple[str, ...]:
     return names
 
 
-def up_options(args: argparse.Namespace) -> UpOptions:
+def up_options(args: argparse.Namespace, settings: CommonSettings | None = None) -> UpOptions:
     """`gpulet up`'s flags, over a `--scenario`'s models, SLOs and devices where one is given.
 
     SLOs go to the router as GPULET_SLOS, times the time scale: the scenario's, else (time
@@ -84,8 +84,16 @@ def up_options(args: argparse.Namespace) -> UpOptions:
     scenario_models = ",".join(m.model for m in scenario.models) if scenario else None
     config = _up_config(args.config, scenario is not None)
     config_models = ",".join(config.names) if config else None
+    repository = args.model_repository or (settings.model_repository if settings else None)
+    if repository is not None and (simulated is not None or scenario is not None):
+        raise SystemExit("gpulet up --model-repository serves the folder's models on CPU (or "
+                         "NVIDIA) workers; drop --simulated/--scenario")  # fmt: skip
     try:
-        models = _up_models(args.models or scenario_models or config_models, simulated)
+        if repository is not None:  # its names are checked against the folder (up_repository)
+            text = args.models or config_models or ""
+            models = tuple(n.strip() for n in text.split(",") if n.strip())
+        else:
+            models = _up_models(args.models or scenario_models or config_models, simulated)
     except (argparse.ArgumentTypeError, FileNotFoundError) as exc:  # a file's names; a profile
         raise SystemExit(f"gpulet up: {exc}") from None
     slos = {m.model: m.slo_ms for m in scenario.models} if scenario else {}
@@ -106,7 +114,8 @@ def up_options(args: argparse.Namespace) -> UpOptions:
         cores = _first_cores(scenario.devices)
     return UpOptions(
         args.host, args.port, models, args.agent_port,
-        build=not args.no_build and simulated is None, simulated=simulated, devices=devices,
+        build=not args.no_build and simulated is None and repository is None,
+        simulated=simulated, devices=devices, model_repository=repository,
         time_scale=args.time_scale,
         slos_ms={n: ms * args.time_scale for n, ms in slos.items() if n in models},
         agent_cores=cores,
@@ -185,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scenario", type=Path, default=None, metavar="PATH",
                     help="serve a scenario file's models with its SLOs (x K), on its simulated "
                     "GPUs or its cores; the flags above override it")  # fmt: skip
+    up.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
+                    help="serve the models of a repository folder in Triton's layout "
+                    "(DIR/<model>/<version>/model.onnx; default: GPULET_MODEL_REPOSITORY, else "
+                    "the built-in zoo)")  # fmt: skip
     up.add_argument("--config", type=Path, default=None, metavar="PATH",
                     help="a TOML file of [[models]] with name, slo_ms and rate_rps (optional): "
                     "the models served, their SLOs (x K) and rates (/ K); --models picks among "
@@ -257,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
 
         settings = CommonSettings()
         configure_logging(settings.log_level, process_name="up")
-        return run_up(up_options(args), settings)
+        return run_up(up_options(args, settings), settings)
     if args.command == "router":
         from router.main import run as run_router
 

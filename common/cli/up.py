@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import os
 import shlex
 import signal
@@ -22,7 +23,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,9 @@ from agent.devices import allowed_cores, serving_split
 from common import redis_server
 from common.cli.readiness import RETRYABLE_STATUSES, load_failures, warm_up_problem
 from common.cli.supervise import Supervisor, redis_children
+from common.cli.up_repository import RepositoryStart, RepositoryUnusable, plan_start
 from common.model_config import router_env
-from common.models import CATALOG, ModelSpec, spec_for
+from common.models import CATALOG, ModelSpec, TensorSpec, spec_for
 from common.procs import die_with_parent, free_port, stop_process
 from common.settings import CommonSettings
 
@@ -47,6 +50,7 @@ WARMUP_SLO_MS = 30_000.0  # warm-up absorbs first-call costs; it must not time o
 WARMUP_RETRY_S = 60.0
 # Requests short enough to paste into a shell, in order of preference (real devices).
 PASTEABLE_MODELS = ("noop", "bert_mini", "lenet")
+PASTEABLE_VALUES = 256  # a repository model's example is pasteable up to this many input values
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class UpOptions:
     rates_rps: Mapping[str, float] = field(default_factory=dict)  # -> GPULET_RATES; empty: none
     keep_going: bool = False  # serve the models that came up when others failed
     serving_cores: str = "auto"  # -> GPULET_SERVING_CORES: cores kept for router, agent, Redis
+    # A model repository folder to serve (GPULET_MODEL_REPOSITORY); None: the built-in zoo.
+    model_repository: Path | None = None
 
 
 class Child:
@@ -100,8 +106,19 @@ class Child:
 
 
 def run_up(options: UpOptions, settings: CommonSettings) -> int:
+    repository: RepositoryStart | None = None
+    root = options.model_repository or settings.model_repository
+    if root is not None:
+        try:
+            repository = plan_start(root, options.models, settings.max_model_bytes)
+        except RepositoryUnusable as exc:
+            print(f"gpulet up: {exc}", file=sys.stderr)
+            return 2
+        options = replace(options, models=repository.models, build=False,
+                          slos_ms=repository.by_served_name(options.slos_ms),
+                          rates_rps=repository.by_served_name(options.rates_rps))  # fmt: skip
     unknown = [m for m in options.models if m not in CATALOG and not options.simulated]
-    if unknown:
+    if unknown and repository is None:
         print(f"unknown models {unknown}; choose from {sorted(CATALOG)}", file=sys.stderr)
         return 2
     if options.build:
@@ -135,13 +152,15 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
         if own_cores:
             logger.info("serving (router, agent, Redis) on cores %s; workers on the rest",
                         list(own_cores))  # fmt: skip
+        agent_env = dict(env)
+        if repository is not None:
+            env["GPULET_MODEL_REPOSITORY"] = agent_env["GPULET_MODEL_REPOSITORY"] = \
+                str(repository.root)  # fmt: skip
+            agent_env["GPULET_MODELS"] = ",".join(repository.served_names)
         gpulet = [sys.executable, "-m", "common.cli.main"]
         # A fixed port, so a restarted agent registers under the same id (hostname-port).
-        agent_port = options.agent_port or free_port()
-        children.append(
-            Child("agent", [*gpulet, "agent"],
-                  {**env, "GPULET_AGENT_PORT": str(agent_port)})
-        )  # fmt: skip
+        agent_env["GPULET_AGENT_PORT"] = str(options.agent_port or free_port())
+        children.append(Child("agent", [*gpulet, "agent"], agent_env))
         children.append(
             Child("router", [*gpulet, "router"],
                   {**env, "GPULET_ROUTER_HOST": options.host,
@@ -152,22 +171,25 @@ def run_up(options: UpOptions, settings: CommonSettings) -> int:
         if failed is None:
             return 1
         simulated = options.simulated is not None
-        for name in options.models:
+        specs = {s.name: s for s in repository.specs} if repository is not None else \
+            {name: spec_for(name, simulated=simulated) for name in options.models}  # fmt: skip
+        for name, spec in specs.items():
             if name not in failed:
-                problem = _warm_up(base, spec_for(name, simulated=simulated), stopping)
+                problem = _warm_up(base, spec, stopping)
                 if problem is not None:
                     failed[name] = f"warm-up answered {problem}"
         for name, why in failed.items():
             print(f"gpulet: model {name} failed: {why}", file=sys.stderr, flush=True)
-        serving = tuple(m for m in options.models if m not in failed)
+        serving = tuple(m for m in specs if m not in failed)
         if failed and (not options.keep_going or not serving):
-            print(f"gpulet is not ready: {len(failed)} of {len(options.models)} model(s) failed "
+            print(f"gpulet is not ready: {len(failed)} of {len(specs)} model(s) failed "
                   "(--keep-going serves the others); stopping", file=sys.stderr)  # fmt: skip
             return 1
         if failed:
             print(f"gpulet serves {', '.join(serving)} only (--keep-going): "
                   f"{', '.join(failed)} failed", file=sys.stderr)  # fmt: skip
-        print_banner(base, serving, simulated=simulated)
+        print_banner(base, serving, simulated=simulated,
+                     specs=[specs[m] for m in serving] if repository is not None else None)
         supervisor = Supervisor([*children, *redis_children(redis, own_cores)])  # supervise.py
         while not stopping.is_set():
             supervisor.check()
@@ -224,13 +246,19 @@ def _wait_ready(
     return None
 
 
+def one_item_shape(tensor: TensorSpec) -> list[int]:
+    """The shape of one item as a request sends it: a batch of one, or (a model without a batch
+    axis) the tensor's whole shape."""
+    return [1, *tensor.item_shape] if tensor.batched else list(tensor.item_shape)
+
+
 def _warm_up(base: str, spec: ModelSpec, stopping: threading.Event) -> str | None:
     """One request per model, asked again while refused for load; why it failed, or None."""
     inputs = {
         t.name: {
-            "shape": [1, *t.item_shape],
+            "shape": one_item_shape(t),
             "dtype": t.dtype,
-            "data": base64.b64encode(np.zeros((1, *t.item_shape), t.dtype).tobytes()).decode(),
+            "data": base64.b64encode(np.zeros(one_item_shape(t), t.dtype).tobytes()).decode(),
         }
         for t in spec.inputs
     }
@@ -261,22 +289,31 @@ def _http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]
         return exc.code, orjson.loads(exc.read() or b"{}")
 
 
-def example_request(models: Sequence[str], *, simulated: bool = False) -> dict[str, Any]:
+def example_request(
+    models: Sequence[str], *, simulated: bool = False, specs: Sequence[ModelSpec] | None = None
+) -> dict[str, Any]:
     """A request small enough to paste: on simulated GPUs the first model's token, else the
-    first of PASTEABLE_MODELS that is served; else the base64 form with a placeholder."""
-    small = list(models[:1]) if simulated else [n for n in PASTEABLE_MODELS if n in models]
-    if small:
-        spec = spec_for(small[0], simulated=simulated)
+    first of PASTEABLE_MODELS that is served (of a repository's `specs`: the first whose inputs
+    are small); else the base64 form with a placeholder."""
+    if specs is not None:
+        small_specs = [s for s in specs if sum(math.prod(one_item_shape(t)) for t in s.inputs)
+                       <= PASTEABLE_VALUES]  # fmt: skip
+        chosen = small_specs[0] if small_specs else specs[0]
+    else:
+        small = list(models[:1]) if simulated else [n for n in PASTEABLE_MODELS if n in models]
+        chosen = spec_for(small[0] if small else models[0], simulated=simulated)
+        small_specs = [chosen] if small else []
+    spec = chosen
+    if small_specs:
         return {
             "model": spec.name,
-            "inputs": {t.name: np.ones((1, *t.item_shape), t.dtype) for t in spec.inputs},
+            "inputs": {t.name: np.ones(one_item_shape(t), t.dtype) for t in spec.inputs},
         }
-    spec = spec_for(models[0])
     return {
         "model": spec.name,
         "inputs": {
             t.name: {
-                "shape": [1, *t.item_shape],
+                "shape": one_item_shape(t),
                 "dtype": t.dtype,
                 "data": "<base64 of the raw little-endian bytes>",
             }
@@ -285,8 +322,11 @@ def example_request(models: Sequence[str], *, simulated: bool = False) -> dict[s
     }
 
 
-def print_banner(base: str, models: Sequence[str], *, simulated: bool = False) -> None:
-    example = example_request(models, simulated=simulated)
+def print_banner(
+    base: str, models: Sequence[str], *, simulated: bool = False,
+    specs: Sequence[ModelSpec] | None = None,
+) -> None:
+    example = example_request(models, simulated=simulated, specs=specs)
     body = orjson.dumps(example, option=orjson.OPT_SERIALIZE_NUMPY).decode()
     curl = f"curl -s {base}/v1/infer -H 'content-type: application/json' -d {shlex.quote(body)}"
     print(

@@ -14,8 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.cluster import AgentInfo, DeviceInfo
-from common.models import CATALOG
+from common.models import CATALOG, PROFILE_MODEL_SLO_MS
 from common.placement import GpuletModel, GpuletSpec, Placement
+
+
+def _cost(name: str) -> float:
+    """A model's cost for the rule: its catalog SLO; a repository model's is not known here."""
+    spec = CATALOG.get(name)
+    return spec.default_slo_ms if spec is not None else PROFILE_MODEL_SLO_MS
 
 
 def static_placement(agents: Sequence[AgentInfo], models: Sequence[str]) -> Placement:
@@ -41,11 +47,11 @@ def static_placement(agents: Sequence[AgentInfo], models: Sequence[str]) -> Plac
     # Step 3.
     loads = [0.0] * len(slots)
     assigned: list[list[str]] = [[] for _ in slots]
-    for name in sorted(models, key=lambda m: (-CATALOG[m].default_slo_ms, m)):
+    for name in sorted(models, key=lambda m: (-_cost(m), m)):
         # Least load per core; ties to the first slot, so the plan is deterministic.
         target = min(range(len(slots)), key=lambda i: (loads[i] / len(slots[i][2]), i))
         assigned[target].append(name)
-        loads[target] += CATALOG[name].default_slo_ms
+        loads[target] += _cost(name)
 
     gpulets = []
     explanation = [f"static rule: {len(models)} models over {total_cores} cores -> {count} gpulets"]

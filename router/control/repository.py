@@ -67,9 +67,11 @@ class ModelState:
     name: str
     state: str
     reason: str
+    version: str = VERSION
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "version": VERSION, "state": self.state, "reason": self.reason}
+        return {"name": self.name, "version": self.version, "state": self.state,
+                "reason": self.reason}  # fmt: skip
 
 
 def load_parameters(body: bytes) -> LoadParameters:
@@ -263,7 +265,7 @@ class Repository:
         check_rate(name, parameters.rate_rps, declared=bool(controller.rates_rps),
                    others=bool(controller.models))  # fmt: skip
         if not simulated and name in CATALOG:
-            await self._prepare(name)
+            await self._prepare([name])
         slos = {**controller.slos_ms, name: spec.default_slo_ms}
         serving_ms = serving_costs({name: spec}, {})[name]
         rates = dict(controller.rates_rps)
@@ -289,20 +291,22 @@ class Repository:
         self.served[name] = spec
         logger.info("model loaded model=%s", name)
 
-    async def _prepare(self, name: str) -> None:
-        """Have every CPU agent build and profile `name` (agents on one machine share a profile
-        key: the first measures, the others find the rows stored); then plan on the new rows."""
+    async def _prepare(self, names: Sequence[str]) -> None:
+        """Have every CPU agent build (or fetch) and profile `names` (agents on one machine share
+        a profile key: the first measures, the others find the rows stored); then plan on the
+        new rows."""
         agents = [a for a in self.controller.agents if measures_own_profile(a.profile_key)]
         if not agents:
             return
-        logger.info("model load model=%s: agents %s build and profile it", name,
+        what = ", ".join(names)
+        logger.info("model load models=%s: agents %s prepare and profile them", what,
                     ",".join(a.agent_id for a in agents))  # fmt: skip
         timeout_s = self.settings.model_load_timeout_s
         for agent in agents:  # one at a time: they may share cores, and would measure each other
             try:
-                await self.controller.client.prepare_models(agent.url, [name], timeout_s)
+                await self.controller.client.prepare_models(agent.url, list(names), timeout_s)
             except GpuletError as exc:  # keep its code and status; say which agent and model
-                exc.message = f"agent {agent.agent_id} could not prepare {name}: {exc.message}"
+                exc.message = f"agent {agent.agent_id} could not prepare {what}: {exc.message}"
                 exc.args = (exc.message,)
                 raise
         await self.controller.reload_measured_profile()
@@ -315,23 +319,37 @@ class Repository:
                 loaded = sorted(self.served)
                 raise UnknownModel(f"model {name!r} is not loaded; loaded: {', '.join(loaded)}",
                                    models=loaded)  # fmt: skip
+            await self._drain_and_remove(name, [name])
+
+    async def _drain_and_remove(self, model: str, names: Sequence[str]) -> None:
+        """Unload served `names` of `model` (its versions): admit no new request, wait until the
+        admitted ones are answered, stop planning them and wait until they are not routed."""
+        for name in names:
             del self.served[name]  # no new request is admitted from here on
-            self.unloading.add(name)
-            logger.info("model unload model=%s draining=%d", name,
-                        self.dispatcher.active.get(name, 0))  # fmt: skip
-            try:
-                async with asyncio.timeout(self.settings.model_load_timeout_s):
+        self.unloading.add(model)
+        logger.info("model unload model=%s draining=%d", model,
+                    sum(self.dispatcher.active.get(n, 0) for n in names))  # fmt: skip
+        try:
+            async with asyncio.timeout(self.settings.model_load_timeout_s):
+                for name in names:
                     await self.dispatcher.idle(name)
-            except TimeoutError:
-                logger.warning("model=%s unload: requests still running after %.0fs; removing "
-                               "it anyway", name, self.settings.model_load_timeout_s)  # fmt: skip
-            finally:
-                self.unloading.discard(name)
+        except TimeoutError:
+            logger.warning("model=%s unload: requests still running after %.0fs; removing "
+                           "it anyway", model, self.settings.model_load_timeout_s)  # fmt: skip
+        finally:
+            self.unloading.discard(model)
+            for name in names:
                 self.controller.remove_model(name)
-                self.reasons[name] = UNLOADED
-            await self._until(lambda: name not in self.controller.table.routes,
-                              f"{name} is still routed")  # fmt: skip
-            logger.info("model unloaded model=%s", name)
+            self.reasons[model] = UNLOADED
+
+        def gone() -> bool:
+            # Not routed, and a placement without it written: a load right after (of other
+            # files under the same name) must not find its old gpu-lets still placed.
+            placed = {m for g in self.controller.target.gpulets for m in g.model_names}
+            return not set(names) & (set(self.controller.table.routes) | placed)
+
+        await self._until(gone, f"{model} is still placed")
+        logger.info("model unloaded model=%s", model)
 
     async def _until(self, done: Callable[[], bool], what: str) -> None:
         """Wait, step by control step, until `done()`; 503 saying `what` after the timeout."""

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -23,10 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import BadRequest, GpuletError, Unavailable
 from common.models import ModelSpec, spec_for
+from common.repository.layout import ModelFile
 from common.settings import RouterSettings
 from common.store import Store
 from router.control.control import Controller
+from router.control.folder_repository import FolderRepository
 from router.control.membership import Membership, Published
+from router.control.model_folder import FolderModels, start_rates
 from router.control.rates import RateMonitor
 from router.control.repository import Repository
 from router.control.serving_costs import serving_costs
@@ -39,6 +42,7 @@ from router.http.bodies import read_body
 from router.http.failure_log import FailureLog
 from router.http.inflight import Door, InflightLimiter
 from router.http.metrics import DispatchMetrics
+from router.http.model_file_routes import model_file_routes
 from router.http.openapi import error_responses
 from router.http.operator_routes import operator_routes
 from router.http.repository_routes import repository_routes
@@ -53,12 +57,18 @@ INFER_EXAMPLE = {
 }
 
 
-def served_models(settings: RouterSettings) -> dict[str, ModelSpec]:
-    """The served models' specs; GPULET_SLOS overrides their default SLOs."""
-    names = settings.model_list()
-    # Simulated GPUs take their time from the profile: every model takes the token signature.
-    simulated = settings.simulated_profile is not None
-    specs = {n: spec_for(n, simulated=simulated) for n in names}
+def served_models(
+    settings: RouterSettings, files: Sequence[ModelFile] = ()
+) -> dict[str, ModelSpec]:
+    """The served models' specs (a repository's: those of `files`); GPULET_SLOS overrides their
+    default SLOs."""
+    if settings.model_repository is not None:
+        specs = {f.served_name: f.spec for f in files}
+    else:
+        # Simulated GPUs take their time from the profile: every model takes the token signature.
+        simulated = settings.simulated_profile is not None
+        specs = {n: spec_for(n, simulated=simulated) for n in settings.model_list()}
+    names = list(specs)
     slos = parse_per_model(settings.slos, set(names), "GPULET_SLOS", "ms")
     return {n: replace(s, default_slo_ms=slos.get(n, s.default_slo_ms)) for n, s in specs.items()}
 
@@ -108,7 +118,11 @@ def error_response(error: GpuletError, request_id: str | None = None) -> Respons
 def create_app(
     settings: RouterSettings, *, store: Store, client: AgentClient | None = None
 ) -> FastAPI:
-    models = served_models(settings)
+    # A model repository folder, or the built-in zoo (the catalog, or a simulated profile's).
+    folder = FolderModels(settings, store) if settings.model_repository is not None else None
+    start = folder.start_models(settings.named_models()) if folder is not None else []
+    files = [f for model in start for f in model.files]
+    models = served_models(settings, files)
     failures = FailureLog(logger)
     client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
     arrivals = RateMonitor()
@@ -120,7 +134,7 @@ def create_app(
         {name: spec.default_slo_ms for name, spec in models.items()},
         settings.reconcile_interval_s,
         scheduler=settings.scheduler,
-        rates_rps=parse_rates(settings.rates, models),
+        rates_rps=parse_rates(settings.rates, models) or start_rates(start),
         arrivals=arrivals,
         epoch_s=settings.replan_epoch_s,
         serving_ms=serving_costs(
@@ -158,6 +172,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.put_models(models.values())
+        if folder is not None:  # agents learn repository models from these records
+            await folder.publish(files)
+        else:  # a zoo router: no repository record left in Redis shadows a model of its own
+            await store.remove_model_files(list(models))
         # Membership first: a router alone takes the lease before its first control step.
         with contextlib.suppress(GpuletError):
             await membership.step()
@@ -192,12 +210,11 @@ def create_app(
     app.include_router(operator_routes(controller, dispatcher, arrivals, observed, door=door))
     app.include_router(oip.build_router(settings, models, dispatcher, controller, arrivals))
     # `models` is the served set, changed in place by model load/unload: /v1 and /v2 read it.
-    app.include_router(
-        repository_routes(
-            Repository(settings, models, controller, dispatcher, store),
-            admin_dependencies(settings.admin_token),
-        )
-    )
+    repository = Repository(settings, models, controller, dispatcher, store) if folder is None \
+        else FolderRepository(settings, models, controller, dispatcher, store, folder, files)
+    app.include_router(repository_routes(repository, admin_dependencies(settings.admin_token)))
+    if folder is not None:
+        app.include_router(model_file_routes(folder))
     openapi.install(app)  # validation errors are documented as the 400s they answer
 
     @app.exception_handler(GpuletError)
@@ -263,7 +280,7 @@ def create_app(
         body: dict[str, Any] = {
             "model": parsed.model.name,
             "id": request_id,
-            "outputs": codec.encode_outputs(result.outputs, parsed.form),
+            "outputs": codec.encode_outputs(result.outputs, parsed.form, parsed.model),
             "latency_ms": round(latency_ms, 3),
             "gpulet": result.gpulet_id,
             "batch": result.batch_items,

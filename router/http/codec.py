@@ -95,10 +95,25 @@ def decode_request(
         sizes = {n: a.shape[0] for n, a in arrays.items()}
         raise BadRequest(f"inputs disagree on the batch size: {sizes}")
     batch = batches.pop()
-    if batch > max_batch:
-        raise BadRequest(f"batch of {batch} exceeds the limit of {max_batch}; split the request")
+    check_batch(spec, batch, max_batch)
     return InferRequest(spec, arrays, batch, forms[0], float(slo_ms) if slo_ms else None,
                         request_id)  # fmt: skip
+
+
+def check_batch(spec: ModelSpec, batch: int, max_batch: int) -> None:
+    """BadRequest when a request carries more items than the model (or GPULET_MAX_BATCH) takes."""
+    limit = spec.batch_limit(max_batch)
+    if batch <= limit:
+        return
+    if limit < max_batch:
+        raise BadRequest(f"batch of {batch} exceeds model {spec.name}'s max_batch_size of "
+                         f"{limit}; split the request", max_batch_size=limit)  # fmt: skip
+    raise BadRequest(f"batch of {batch} exceeds the limit of {max_batch}; split the request")
+
+
+def with_batch_axis(spec: TensorSpec, array: Array) -> Array:
+    """Inside gpulet every tensor has a batch axis: a model without one gets a batch of one."""
+    return array if spec.batched else array.reshape((1, *array.shape))
 
 
 def decode_tensor(spec: TensorSpec, value: Any) -> tuple[Array, InputForm]:
@@ -129,6 +144,10 @@ def from_list(spec: TensorSpec, value: list[Any]) -> Array:
 def cast_numbers(spec: TensorSpec, array: Array) -> Array:
     kind = array.dtype.kind
     target = np.dtype(spec.dtype)
+    if target.kind == "b" and kind != "b" and array.size:
+        raise BadRequest(f"input {spec.name!r}: data must be true or false; expected "
+                         f"{spec.describe()}", input=spec.name,
+                         expected=spec.describe())  # fmt: skip
     if kind not in "biuf" or (kind == "b" and target.kind != "b"):
         raise BadRequest(
             f"input {spec.name!r}: data must be numbers; expected {spec.describe()}",
@@ -218,19 +237,24 @@ def _from_object(spec: TensorSpec, value: dict[str, Any]) -> tuple[Array, InputF
 
 def _check_shape(spec: TensorSpec, array: Array) -> Array:
     check_shape(spec, tuple(array.shape))
-    return array
+    return with_batch_axis(spec, array)
 
 
 def check_shape(spec: TensorSpec, got: tuple[int, ...], expected: str | None = None) -> None:
-    """BadRequest unless `got` is the spec's item shape under a batch axis of at least 1;
-    `expected` describes the tensor in the caller's terms (default: `spec.describe()`)."""
+    """BadRequest unless `got` is the spec's item shape under a batch axis of at least 1 (or,
+    for a model without a batch axis, its whole shape); `expected` describes the tensor in the
+    caller's terms (default: `spec.describe()`)."""
     want = spec.item_shape
-    if len(got) == len(spec.shape) and got[1:] == want and got[0] >= 1:
+    if not spec.batched and got == want:
+        return
+    if spec.batched and len(got) == len(spec.shape) and got[1:] == want and got[0] >= 1:
         return
     expected = expected or spec.describe()
     hint = ""
-    if got == want:
+    if spec.batched and got == want:
         hint = f"; add a batch axis: shape {[1, *got]} for one item"
+    elif not spec.batched and got[1:] == want:
+        hint = "; the model has no batch axis: send one item, without a leading batch dimension"
     raise BadRequest(
         f"input {spec.name!r}: shape {list(got)} given, {expected} expected{hint}",
         input=spec.name,
@@ -239,10 +263,13 @@ def check_shape(spec: TensorSpec, got: tuple[int, ...], expected: str | None = N
     )
 
 
-def encode_outputs(outputs: dict[str, Array], form: InputForm) -> dict[str, Any]:
-    """Outputs in the request's form; numpy arrays are left for orjson to serialise natively."""
+def encode_outputs(
+    outputs: dict[str, Array], form: InputForm, spec: ModelSpec | None = None
+) -> dict[str, Any]:
+    """Outputs in the request's form; numpy arrays are left for orjson to serialise natively.
+    A model without a batch axis answers its one item without one (`spec` says which)."""
     encoded: dict[str, Any] = {}
-    for name, array in outputs.items():
+    for name, array in without_batch_axis(outputs, spec).items():
         if form == "nested":
             encoded[name] = np.ascontiguousarray(array)
         elif form == "flat":
@@ -259,6 +286,12 @@ def encode_outputs(outputs: dict[str, Array], form: InputForm) -> dict[str, Any]
                 "data": pybase64.b64encode_as_string(little.tobytes()),
             }
     return encoded
+
+
+def without_batch_axis(outputs: dict[str, Array], spec: ModelSpec | None) -> dict[str, Array]:
+    if spec is None or spec.batched:
+        return outputs
+    return {name: array[0] if array.ndim else array for name, array in outputs.items()}
 
 
 def dumps(body: dict[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from common.errors import BadRequest, GpuletError, Unavailable, UnknownModel
+from common.errors import BadRequest, GpuletError, Unavailable
 from common.models import ModelSpec
 from common.settings import RouterSettings
 from router.control.control import Controller
@@ -139,12 +139,8 @@ def build_router(
         oip_codec.ONNX_PLATFORM)  # fmt: skip
 
     def lookup(name: str, version: str | None = None) -> ModelSpec:
-        spec = models.get(name)
-        if spec is None:
-            raise UnknownModel(f"unknown model {name!r}; known models: {', '.join(sorted(models))}",
-                               models=sorted(models))  # fmt: skip
-        oip_codec.check_version(spec, version)
-        return spec
+        """The served version asked for: the model's latest served one when none is named."""
+        return oip_codec.find_version(models, name, version)
 
     def answer(body: dict[str, Any]) -> Response:
         return Response(codec.dumps(body), media_type=JSON)
@@ -191,7 +187,9 @@ def build_router(
         return answer({"name": spec.name, "ready": True})
 
     async def metadata(model_name: str, version: Version) -> Response:
-        return answer(oip_codec.model_metadata(lookup(model_name, version), platform))
+        spec = lookup(model_name, version)
+        versions = oip_codec.served_versions(models, model_name) if version is None else None
+        return answer(oip_codec.model_metadata(spec, platform, versions))
 
     async def config(model_name: str, version: Version) -> Response:
         spec = lookup(model_name, version)
@@ -232,7 +230,7 @@ def build_router(
         if result.simulated:
             parameters["simulated"] = True  # outputs of the right shape, not a model's answer
         content, header_length = oip_codec.encode_response(
-            spec.name, request_id, result.outputs, parsed.outputs, parameters
+            spec.name, request_id, result.outputs, parsed.outputs, parameters, spec
         )
         headers = {"X-Request-Id": request_id}
         if header_length is None:
@@ -248,8 +246,9 @@ def build_router(
         responses: dict[int | str, dict[str, Any]],
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """Each model route also answers under /versions/{version}, "1" the only one; the
-        endpoints read it from the path (path_version), so it is declared here for the docs."""
+        """Each model route also answers under /versions/{version}, a served version of the
+        model; the endpoints read it from the path (path_version), so it is declared here for
+        the docs."""
         extra = extra or {}
         router.add_api_route(
             "/models/{model_name}" + suffix,
@@ -265,7 +264,7 @@ def build_router(
             "/models/{model_name}/versions/{version}" + suffix,
             endpoint,
             methods=[method],
-            summary=f"{summary} (version {oip_codec.VERSION})",
+            summary=f"{summary} (a given version)",
             responses=responses,
             openapi_extra=versioned,
             operation_id=f"v2_{endpoint.__name__}_version",

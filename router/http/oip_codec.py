@@ -36,6 +36,7 @@ EXTENSIONS = ("binary_tensor_data", "schedule_policy", "model_configuration", "p
               "model_repository")  # fmt: skip
 ONNX_PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX Runtime models
 SIMULATED_PLATFORM = "gpulet_simulated"  # simulated GPUs: the profile's time, no model runs
+VERSION_MARK = "@"  # a served name "m@2" is version 2 of model m (common/repository/layout.py)
 US_PER_MS = 1000.0
 
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
@@ -121,8 +122,7 @@ def decode_request(
         raise BadRequest(f"inputs disagree on the batch size: "
                          f"{ {n: a.shape[0] for n, a in arrays.items()} }")  # fmt: skip
     batch = batches.pop()
-    if batch > max_batch:
-        raise BadRequest(f"batch of {batch} exceeds the limit of {max_batch}; split the request")
+    codec.check_batch(spec, batch, max_batch)
     slo_ms = _positive(params, "slo_ms")
     timeout_us = _count(params, "timeout")
     binary_default = params.get("binary_data_output", False)
@@ -179,7 +179,8 @@ def decode_input(
                 "data are left; check Inference-Header-Content-Length",
                 input=spec.name,
             )
-        return np.frombuffer(binary, dtype, count, offset).reshape(shape), size
+        array = np.frombuffer(binary, dtype, count, offset).reshape(shape)
+        return codec.with_batch_axis(spec, array), size
     data = raw.get("data")
     if not isinstance(data, list):
         raise BadRequest(
@@ -191,7 +192,7 @@ def decode_input(
     if array.size != count:
         raise BadRequest(f"{what}: {array.size} values given, shape {shape} needs {count}",
                          input=spec.name)  # fmt: skip
-    return array.reshape(shape), 0
+    return codec.with_batch_axis(spec, array.reshape(shape)), 0
 
 
 def requested_outputs(
@@ -245,10 +246,14 @@ def encode_response(
     outputs: Mapping[str, Array],
     requested: tuple[RequestedOutput, ...],
     parameters: Mapping[str, Any],
+    spec: ModelSpec | None = None,
 ) -> tuple[bytes, int | None]:
-    """The body, and the JSON header's length when binary outputs follow it (else None)."""
+    """The body, and the JSON header's length when binary outputs follow it (else None). With
+    `spec`, the answer names the model and version it served, and a model without a batch axis
+    answers its one item without one."""
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    outputs = codec.without_batch_axis(dict(outputs), spec)
     for want in requested:
         array = outputs.get(want.name)
         datatype = None if array is None else DATATYPES.get(array.dtype.name)
@@ -264,9 +269,11 @@ def encode_response(
         else:
             entry["data"] = np.ascontiguousarray(array).reshape(-1)  # OIP: flat, row-major
         tensors.append(entry)
+    named: dict[str, Any] = {"model_name": model}
+    if spec is not None:
+        named = {"model_name": base_name(spec.name), "model_version": spec.version}
     header = codec.dumps(
-        {"model_name": model, "id": request_id, "parameters": dict(parameters),
-         "outputs": tensors}
+        {**named, "id": request_id, "parameters": dict(parameters), "outputs": tensors}
     )  # fmt: skip
     if not chunks:
         return header, None
@@ -289,6 +296,34 @@ def check_version(spec: ModelSpec, version: str | None) -> None:
         )
 
 
+def base_name(served_name: str) -> str:
+    """The model a served name is a version of ("m@2" -> "m"; "m" -> "m")."""
+    return served_name.partition(VERSION_MARK)[0]
+
+
+def served_versions(models: Mapping[str, ModelSpec], name: str) -> list[str]:
+    """The versions of model `name` served, ascending (its own spec's, and any "name@v")."""
+    found = {s.version for n, s in models.items() if n == name or n.startswith(name + VERSION_MARK)}
+    return sorted(found, key=lambda v: (len(v), v))
+
+
+def find_version(models: Mapping[str, ModelSpec], name: str, version: str | None) -> ModelSpec:
+    """The spec serving `name` at `version` (None: the model's default, its latest served)."""
+    spec = models.get(name)
+    if spec is None or VERSION_MARK in name:
+        known = sorted({base_name(n) for n in models})
+        raise UnknownModel(f"unknown model {name!r}; known models: {', '.join(known)}",
+                           models=known)  # fmt: skip
+    if version is None or version == spec.version:
+        return spec
+    other = models.get(f"{name}{VERSION_MARK}{version}")
+    if other is not None:
+        return other
+    versions = served_versions(models, name)
+    raise UnknownModel(f"model {name} has no version {version!r} served; served versions: "
+                       f"{', '.join(versions)}", versions=versions)  # fmt: skip
+
+
 def describe(spec: TensorSpec) -> str:
     """'FP32[-1, 16]': the tensor as OIP metadata names it (-1: the batch, any size >= 1)."""
     return f"{DATATYPES[spec.dtype]}{_dims(spec.shape)}"
@@ -298,10 +333,12 @@ def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": _dims(spec.shape)}
 
 
-def model_metadata(spec: ModelSpec, platform: str) -> dict[str, Any]:
+def model_metadata(
+    spec: ModelSpec, platform: str, versions: list[str] | None = None
+) -> dict[str, Any]:
     return {
-        "name": spec.name,
-        "versions": [VERSION],
+        "name": base_name(spec.name),
+        "versions": versions or [spec.version],
         "platform": platform,
         "inputs": [tensor_metadata(t) for t in spec.inputs],
         "outputs": [tensor_metadata(t) for t in spec.outputs],
@@ -310,20 +347,22 @@ def model_metadata(spec: ModelSpec, platform: str) -> dict[str, Any]:
 
 def model_config(spec: ModelSpec, platform: str, max_batch_size: int) -> dict[str, Any]:
     """A Triton model configuration (as its `/config` answers JSON): dims leave out the batch
-    axis, which `max_batch_size` stands for; the router batches requests (`dynamic_batching`)."""
+    axis, which `max_batch_size` stands for (0: the model has none, dims are its whole shape);
+    the router batches requests (`dynamic_batching`)."""
 
     def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
         return [{"name": t.name, "data_type": f"TYPE_{DATATYPES[t.dtype]}",
                  "dims": list(t.item_shape)} for t in specs]  # fmt: skip
 
     return {
-        "name": spec.name,
+        "name": base_name(spec.name),
         "platform": platform,
-        "max_batch_size": max_batch_size,
+        "max_batch_size": spec.batch_limit(max_batch_size) if spec.batched else 0,
         "version_policy": {"latest": {"num_versions": 1}},
         "input": tensors(spec.inputs),
         "output": tensors(spec.outputs),
-        "dynamic_batching": {},
+        # The router batches a batched model's requests; one without a batch axis runs alone.
+        **({"dynamic_batching": {}} if spec.batched else {}),
         "parameters": {"default_slo_ms": {"string_value": f"{spec.default_slo_ms:g}"}},
     }
 

@@ -61,7 +61,7 @@ def repository_routes(repository: Repository, admin: Sequence[Any] = ()) -> APIR
         return Response(orjson.dumps(rows), media_type=oip.JSON)
 
     @router.post(
-        "/models/{model_name}/load",
+        "/models/{model_name:path}/load",
         summary="Load a model: build it if needed, re-plan, answer once it has a ready gpu-let",
         responses={200: {"description": "loaded: {}"},
                    **error_responses(400, *unauthorized, 404, 409, 422, 503, oip=True)},
@@ -74,7 +74,7 @@ def repository_routes(repository: Repository, admin: Sequence[Any] = ()) -> APIR
         return empty()
 
     @router.post(
-        "/models/{model_name}/unload",
+        "/models/{model_name:path}/unload",
         summary="Unload a model: refuse its new requests, drain the queued ones, re-plan",
         responses={200: {"description": "unloaded: {}"},
                    **error_responses(*unauthorized, 404, 503, oip=True)},

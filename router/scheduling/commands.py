@@ -28,7 +28,7 @@ def add_parsers(sub: Any) -> None:
     plan = sub.add_parser("plan", help="plan a scenario file offline and explain the placement "
                           "(--url: the running plan, predicted)")  # fmt: skip
     plan.add_argument("scenario", type=Path, nargs="?",
-                      help="a scenario TOML (shared/scenarios format)")  # fmt: skip
+                      help="a scenario TOML (common/data/scenarios format)")  # fmt: skip
     plan.add_argument("--scheduler", default="gpulet+int", choices=SCHEDULERS)
     plan.add_argument(
         "--rate", type=float, default=None,

@@ -2,8 +2,8 @@
 
 Run from the repository root:
     python -m router.scheduling.interference_fit [--profile NAME ...] [--out DIR]
-For each profile it reads shared/profiles/NAME-interference.csv, fits the original's linear form
-and the per-pair nearest-neighbour table (interference_models.py), reports the k-fold
+For each profile it reads its NAME-interference.csv (common/data/profiles), fits the original's
+linear form and the per-pair nearest-neighbour table (interference_models.py), reports the k-fold
 cross-validated relative error of co-located latency for both and for "no interference", and
 writes DIR/NAME-interference.json holding the better model (and the linear coefficients).
 
@@ -118,7 +118,8 @@ def _sides(
         one = Corunner(row["model1"], int(row["batch1"]), float(row["th1_pct"]))
         two = Corunner(row["model2"], int(row["batch2"]), float(row["th2_pct"]))
         return [(one, two, float(row["lat1_ms"])), (two, one, float(row["lat2_ms"]))]
-    raise ValueError(f"unknown interference CSV columns {sorted(row)}: see shared/profiles/README")
+    raise ValueError(f"unknown interference CSV columns {sorted(row)}: see "
+                     "common/data/profiles/README.md")
 
 
 def load_observations(profile: DeviceProfile) -> tuple[list[Observation], Counter[str]]:

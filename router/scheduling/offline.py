@@ -11,7 +11,7 @@ import orjson
 
 from common.interference import InterferenceModel, NoInterference
 from common.profiles import DeviceProfile
-from common.scenarios import Scenario, load_scenario
+from common.scenarios import Scenario, load_scenario, scenario_path, shipped_scenarios
 from router.scheduling.peak import PeakResult, peak_search
 from router.scheduling.schedulers import SCHEDULERS, SearchTooLarge
 from router.scheduling.serving_cpu import plan_serving, request_bytes, request_cost_ms
@@ -124,6 +124,8 @@ def load_cpu_profile(path: Path) -> DeviceProfile:
 
 
 def open_scenario(path: Path) -> Scenario:
-    if not path.exists():
-        raise FileNotFoundError(f"no scenario file {path}")
-    return load_scenario(path)
+    found = scenario_path(path)  # a bare name finds a shipped scenario
+    if not found.exists():
+        raise FileNotFoundError(f"no scenario file {path}; shipped scenarios: "
+                                f"{', '.join(shipped_scenarios())}")  # fmt: skip
+    return load_scenario(found)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from agent.local_model import LocalModel
 from agent.profiling.measure import ProfileStep, ProgressFn, measure_profile
 from agent.profiling.plan import ProfileRequest, RunBudget, plan_request
 from agent.profiling.profiler import ensure_profile
@@ -39,14 +41,16 @@ class CountingMeasure:
         source: str,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        models: Mapping[str, LocalModel] | None = None,
     ) -> DeviceProfile:
         self.requests.append(request)
         try:
             quick = ProfileRequest(
-                request.models, request.cores, request.sizes, request.batches, QUICK
+                request.models, request.cores, request.sizes, request.batches, QUICK,
+                request.max_batches,
             )
             return measure_profile(
-                quick, model_dir, source=source, progress=progress, cancel=cancel
+                quick, model_dir, source=source, progress=progress, cancel=cancel, models=models
             )
         finally:
             self.finished.set()

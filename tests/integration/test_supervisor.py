@@ -6,7 +6,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import onnxruntime as ort
 import psutil
 import pytest
 
+from agent.local_model import LocalModel, zoo_model
 from agent.supervisor import Supervisor, WorkerSlot
 from common.errors import BackendFailed, DeadlinePassed, Unavailable
 from common.modelzoo.cache import onnx_path
@@ -150,3 +152,39 @@ async def test_missing_model_file_fails_the_gpulet_with_the_fix(tmp_path: Path) 
         assert "gpulet models build" in (slot.error or "")
     finally:
         await sup.close()
+
+
+class SwappableFiles:
+    """A model resolver (agent.local_model.ModelResolver) whose noop can be given another file,
+    as a repository model loaded again with a new version is."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self.version = "v1"
+
+    async def resolve(
+        self, names: Iterable[str], *, wait_s: float = 0.0
+    ) -> dict[str, LocalModel]:
+        found = {n: zoo_model(self.model_dir, n) for n in names}
+        return {n: replace(m, fingerprint=f"{m.fingerprint}-{self.version}")
+                for n, m in found.items()}  # fmt: skip
+
+    async def fingerprint(self, name: str) -> str | None:
+        return f"{zoo_model(self.model_dir, name).fingerprint}-{self.version}"
+
+
+async def test_a_model_whose_file_changed_restarts_its_worker_in_place(
+    supervisor: Supervisor, model_dir: Path
+) -> None:
+    files = SwappableFiles(model_dir)
+    supervisor.model_files = files
+    await supervisor.apply([spec("g1", "noop")])
+    await ready(supervisor.slots["g1"])
+    first = supervisor.slots["g1"].process
+    await supervisor.apply([spec("g1", "noop")])  # same place, same file: kept
+    assert supervisor.slots["g1"].process is first
+    files.version = "v2"  # loaded again with another file under the same name
+    await supervisor.apply([spec("g1", "noop")])
+    restarted = supervisor.slots["g1"]
+    await ready(restarted)
+    assert restarted.process is not first and restarted.fingerprints["noop"].endswith("-v2")

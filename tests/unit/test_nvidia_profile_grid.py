@@ -1,4 +1,4 @@
-"""GPU profiles: the grid and pairs to measure, the store key, and the shared/profiles files
+"""GPU profiles: the grid and pairs to measure, the store key, and the profile files
 (read back by the loader and by the interference fit)."""
 
 from __future__ import annotations

@@ -4,16 +4,14 @@ tests/e2e/test_operator.py.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 
 from common.cli.main import main
+from common.scenarios import PACKAGED_SCENARIOS
 
 pytestmark = pytest.mark.timeout(60)
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SCENARIO = SHARED / "scenarios" / "a100-scen1.toml"
+SCENARIO = PACKAGED_SCENARIOS / "a100-scen1.toml"
 NOBODY = "http://127.0.0.1:9"  # the discard port: nothing answers HTTP there
 
 
@@ -36,7 +34,6 @@ def test_an_unreachable_router_is_named(
     assert err.startswith(f"gpulet {argv[0]}:")
 
 
-@pytest.mark.skipif(not SCENARIO.exists(), reason=f"shared scenarios not found at {SCENARIO}")
 def test_the_offline_form_still_plans_a_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(SCENARIO), "--json", "--scheduler", "gpulet"]) in (0, 1)
     planned = orjson.loads(capsys.readouterr().out)

@@ -1,7 +1,8 @@
 """common.profiles: measured points, linear interpolation in batch then size, no extrapolation.
 
-Expectations on the hand-made profile below are worked by hand; the real profiles in
-shared/profiles are checked against rows of their own CSVs, read here independently of the loader.
+Expectations on the hand-made profile below are worked by hand; the real profiles the package
+ships (common/data/profiles) are checked against rows of their own CSVs, read here independently
+of the loader.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from common.profiles import (
     DEFAULT_MODEL_MEMORY_MB,
+    PACKAGED_PROFILES,
     DeviceProfile,
     ProfileGap,
     find_profile,
@@ -23,12 +25,6 @@ from common.profiles import (
 
 pytestmark = pytest.mark.timeout(60)
 
-SHARED_PROFILES = Path(__file__).resolve().parents[3] / "shared" / "profiles"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_PROFILES / "a100-class.toml").exists()
-    or not (SHARED_PROFILES / "v100-trt.toml").exists(),
-    reason=f"shared profiles not found at {SHARED_PROFILES}",
-)
 
 # A toy GPU. "m" is measured at 50 % (batches 1, 2, 4, 8) and 100 % (batches 1, 2, 4);
 # "n" only at 100 % (batches 1 and 16). 25 % is an allowed size nobody measured.
@@ -270,9 +266,9 @@ def test_profile_from_merged_points_interpolates() -> None:
     assert profile.max_batch("a", 50.0) == 4
 
 
-# the real shared profiles -------------------------------------------------------------------
+# the shipped profiles (copies of the reference ones) ----------------------------------------
 def _csv_rows(name: str) -> list[dict[str, str]]:
-    with (SHARED_PROFILES / name).open(newline="") as handle:
+    with (PACKAGED_PROFILES / name).open(newline="") as handle:
         return list(csv.DictReader(line for line in handle if not line.startswith("#")))
 
 
@@ -299,9 +295,8 @@ A100_MODELS = (
 SIZES = (20.0, 40.0, 50.0, 60.0, 80.0, 100.0)
 
 
-@needs_shared
 def test_a100_class_loads() -> None:
-    profile = load_profile(SHARED_PROFILES / "a100-class.toml")
+    profile = load_profile(PACKAGED_PROFILES / "a100-class.toml")
     assert profile.name == "a100-class"
     assert profile.kind == "nvidia"
     assert profile.sizes == SIZES
@@ -314,9 +309,8 @@ def test_a100_class_loads() -> None:
     assert profile.source.endswith("a100-class.toml")
 
 
-@needs_shared
 def test_v100_trt_loads() -> None:
-    profile = load_profile(SHARED_PROFILES / "v100-trt.toml")
+    profile = load_profile(PACKAGED_PROFILES / "v100-trt.toml")
     assert profile.name == "v100-trt"
     assert profile.sizes == SIZES
     assert profile.memory_mb == 16000.0
@@ -338,19 +332,17 @@ CSV_ROWS = [
 ]
 
 
-@needs_shared
 @pytest.mark.parametrize(("toml", "csv_name", "model", "batch", "size"), CSV_ROWS)
 def test_real_csv_rows_read_back_exactly(
     toml: str, csv_name: str, model: str, batch: int, size: int
 ) -> None:
-    profile = load_profile(SHARED_PROFILES / toml)
+    profile = load_profile(PACKAGED_PROFILES / toml)
     row = _row(csv_name, model, batch, size)
     assert profile.latency_ms(model, batch, float(size)) == float(row["latency_ms"])
 
 
-@needs_shared
 def test_a100_known_values() -> None:
-    profile = load_profile(SHARED_PROFILES / "a100-class.toml")
+    profile = load_profile(PACKAGED_PROFILES / "a100-class.toml")
     assert profile.latency_ms("resnet50", 8, 50.0) == 6.2739
     assert profile.latency_ms("bert_large", 64, 100.0) == 75.2087
     # vgg16 batch 1 measured at 20 % (4.5352) and 40 % (2.5328): 30 % is their midpoint
@@ -365,21 +357,19 @@ UTIL_ROWS = [
 ]
 
 
-@needs_shared
 @pytest.mark.parametrize(("toml", "csv_name", "model", "batch", "size"), UTIL_ROWS)
 def test_real_utilisation_rows_become_fractions(
     toml: str, csv_name: str, model: str, batch: int, size: int
 ) -> None:
-    profile = load_profile(SHARED_PROFILES / toml)
+    profile = load_profile(PACKAGED_PROFILES / toml)
     row = _row(csv_name, model, batch, size)
     expected = (float(row["l2_util_pct"]) / 100, float(row["dram_util_pct"]) / 100)
     assert profile.utilisation(model, batch, float(size)) == expected
 
 
-@needs_shared
 @pytest.mark.parametrize("toml", ["a100-class.toml", "v100-trt.toml"])
 def test_real_utilisation_fractions_are_in_unit_range(toml: str) -> None:
-    profile = load_profile(SHARED_PROFILES / toml)
+    profile = load_profile(PACKAGED_PROFILES / toml)
     assert profile.util_points, "the profile carries utilisation"
     for points in profile.util_points.values():
         batches = [b for b, _, _ in points]
@@ -389,18 +379,16 @@ def test_real_utilisation_fractions_are_in_unit_range(toml: str) -> None:
             assert 0.0 <= dram <= 1.0
 
 
-@needs_shared
 def test_v100_points_with_empty_utilisation_columns_have_none() -> None:
-    profile = load_profile(SHARED_PROFILES / "v100-trt.toml")
+    profile = load_profile(PACKAGED_PROFILES / "v100-trt.toml")
     # the batch-1 rows at 10 % and 100 % leave l2/dram empty
     assert profile.utilisation("alexnet", 1, 100.0) is None
     assert profile.utilisation("alexnet", 1, 10.0) is None
     assert profile.util_sizes("alexnet") == (20.0, 40.0, 50.0, 60.0, 80.0)
 
 
-@needs_shared
 def test_a100_every_utilisation_model_has_latency() -> None:
-    profile = load_profile(SHARED_PROFILES / "a100-class.toml")
+    profile = load_profile(PACKAGED_PROFILES / "a100-class.toml")
     util_models = {m for m, _ in profile.util_points}
     assert util_models <= set(profile.models())
     assert profile.utilisation("bert_large", 1, 50.0) is not None
@@ -414,10 +402,9 @@ V100_FULL_GPU = [
 ]
 
 
-@needs_shared
 @pytest.mark.parametrize("model", V100_FULL_GPU)
 def test_v100_whole_gpu_has_batch_1_only(model: str) -> None:
-    profile = load_profile(SHARED_PROFILES / "v100-trt.toml")
+    profile = load_profile(PACKAGED_PROFILES / "v100-trt.toml")
     at_100 = float(_row("v100-trt.csv", model, 1, 100)["latency_ms"])
     at_80 = float(_row("v100-trt.csv", model, 1, 80)["latency_ms"])
     assert profile.latency_ms(model, 1, 100.0) == at_100
@@ -513,9 +500,8 @@ def test_find_profile_missing_says_where_it_looked(
     assert "GPULET_PROFILES_DIR" in message
 
 
-@needs_shared
-def test_find_profile_falls_back_to_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_find_profile_falls_back_to_the_shipped_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GPULET_PROFILES_DIR", raising=False)
     profile = find_profile("v100-trt")
     assert profile.name == "v100-trt"
-    assert Path(profile.source).name == "v100-trt.toml"
+    assert Path(profile.source) == PACKAGED_PROFILES / "v100-trt.toml"

@@ -1,4 +1,4 @@
-"""common.scenarios: the shared scenario files load, rates follow the mode, names are checked."""
+"""common.scenarios: the shipped scenario files load, rates follow the mode, names are checked."""
 
 from __future__ import annotations
 
@@ -6,25 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from common.scenarios import RateStep, ScenarioModel, load_scenario
+from common.scenarios import PACKAGED_SCENARIOS, RateStep, ScenarioModel, load_scenario
 
 pytestmark = pytest.mark.timeout(60)
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SHARED_SCENARIOS = SHARED / "scenarios"
-REAL = sorted(SHARED_SCENARIOS.glob("*.toml")) if SHARED_SCENARIOS.is_dir() else []
-REAL_PARAMS = [pytest.param(p, id=p.stem) for p in REAL] or [
-    pytest.param(
-        None,
-        id="no-shared-scenarios",
-        marks=pytest.mark.skip(reason=f"shared scenarios not found at {SHARED_SCENARIOS}"),
-    )
-]
-needs_shared = pytest.mark.skipif(
-    not (SHARED_SCENARIOS / "a100-scen1.toml").exists()
-    or not (SHARED / "profiles" / "a100-class.toml").exists(),
-    reason=f"shared scenarios/profiles not found under {SHARED}",
-)
+SHARED_SCENARIOS = PACKAGED_SCENARIOS
+REAL_PARAMS = [pytest.param(p, id=p.stem) for p in sorted(SHARED_SCENARIOS.glob("*.toml"))]
 
 
 @pytest.mark.parametrize("path", REAL_PARAMS)
@@ -81,14 +68,12 @@ SHARED_RATES = [
 ]
 
 
-@needs_shared
 @pytest.mark.parametrize(("name", "rate", "expected"), SHARED_RATES)
 def test_rates_of_shared_scenarios(name: str, rate: float, expected: dict[str, float]) -> None:
     scenario = load_scenario(SHARED_SCENARIOS / f"{name}.toml")
     assert scenario.rates_at(rate) == pytest.approx(expected)
 
 
-@needs_shared
 def test_shared_trace_steps() -> None:
     scenario = load_scenario(SHARED_SCENARIOS / "sim-steps.toml")
     assert scenario.mode == "trace"
@@ -104,7 +89,6 @@ def test_shared_trace_steps() -> None:
     )
 
 
-@needs_shared
 def test_shared_sweep_fields() -> None:
     scenario = load_scenario(SHARED_SCENARIOS / "a100-scen5.toml")
     assert (scenario.kind, scenario.devices, scenario.mode) == ("simulated", 4, "sweep")

@@ -13,18 +13,12 @@ import pytest
 
 from common.cluster import parse_simulated_key, simulated_key
 from common.profiles import DeviceProfile
-from common.scenarios import load_scenario
+from common.scenarios import PACKAGED_SCENARIOS, load_scenario
 from router.scheduling.offline import find_peak, setting_for
 from router.scheduling.types import PlanConfig
 
 pytestmark = pytest.mark.timeout(60)
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "scenarios" / "a100-scen3.toml").exists()
-    or not (SHARED / "profiles" / "a100-class.toml").exists(),
-    reason=f"shared scenarios/profiles not found under {SHARED}",
-)
 
 TOY = DeviceProfile(
     name="toy",
@@ -126,11 +120,10 @@ def test_fixed_rates_divide_too(tmp_path: Path) -> None:
 
 
 # plans do not move ---------------------------------------------------------------------------
-@needs_shared
 @pytest.mark.parametrize("scheduler", ["temporal", "gpulet+int"])
 @pytest.mark.parametrize("factor", [4.0, 20.0])
 def test_the_peak_r_is_the_same_on_a_scaled_device(scheduler: str, factor: float) -> None:
-    scenario = load_scenario(SHARED / "scenarios" / "a100-scen3.toml")
+    scenario = load_scenario(PACKAGED_SCENARIOS / "a100-scen3.toml")
     base = setting_for(scenario)
     scaled = setting_for(scenario.time_scaled(factor), scenario.profile().time_scaled(factor))
     # As the router does: interference fitted on the unscaled profile (slowdowns are ratios).
@@ -148,7 +141,7 @@ def test_a_cpu_scenario_is_one_device_of_its_cores() -> None:
         name="cpu-test", kind="cpu", sizes=(1.0, 2.0, 4.0), full_size=4.0, memory_mb=1000.0,
         latency_points={("m", 1.0): ((1, 10.0),), ("m", 2.0): ((1, 6.0),)},
     )  # fmt: skip
-    scenario = load_scenario(SHARED / "scenarios" / "cpu-pair.toml")
+    scenario = load_scenario(PACKAGED_SCENARIOS / "cpu-pair.toml")
     setting = setting_for(scenario, profile)
     assert [(d.device_id, d.profile.full_size, d.profile.sizes) for d in setting.devices] == [
         ("cpu0", 2.0, (1.0, 2.0))

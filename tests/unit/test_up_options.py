@@ -11,22 +11,17 @@ import pytest
 from common.cli.main import build_parser, up_options
 from common.cli.up import UpOptions, example_request
 from common.models import spec_for
+from common.scenarios import PACKAGED_SCENARIOS
 
 pytestmark = pytest.mark.timeout(60)
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SCEN3 = SHARED / "scenarios" / "a100-scen3.toml"
-needs_shared = pytest.mark.skipif(
-    not SCEN3.exists() or not (SHARED / "profiles" / "a100-class.toml").exists(),
-    reason=f"shared scenarios/profiles not found under {SHARED}",
-)
+SCEN3 = PACKAGED_SCENARIOS / "a100-scen3.toml"
 
 
 def options(*flags: str) -> UpOptions:
     return up_options(build_parser().parse_args(["up", *flags]))
 
 
-@needs_shared
 def test_a_simulated_scenario_gives_profile_devices_models_and_scaled_slos() -> None:
     got = options("--scenario", str(SCEN3), "--time-scale", "20")
     assert (got.simulated, got.devices, got.time_scale) == ("a100-class", 4, 20.0)
@@ -36,14 +31,12 @@ def test_a_simulated_scenario_gives_profile_devices_models_and_scaled_slos() -> 
     assert got.agent_cores is None
 
 
-@needs_shared
 def test_flags_override_the_scenario() -> None:
     got = options("--scenario", str(SCEN3), "--devices", "2", "--models", "vgg16,resnet50")
     assert (got.devices, got.models, got.time_scale) == (2, ("vgg16", "resnet50"), 1.0)
     assert got.slos_ms == {"vgg16": 142.0, "resnet50": 108.0}  # only the served ones
 
 
-@needs_shared
 def test_without_a_scenario_the_time_scale_stretches_the_default_slos() -> None:
     got = options("--simulated", "a100-class", "--models", "vgg16,resnet50", "--time-scale", "3")
     assert got.slos_ms == {
@@ -77,6 +70,8 @@ def test_a_cpu_scenario_takes_its_first_cores(tmp_path: Path) -> None:
         (["--simulated", "a100-class", "--devices", "0"], None, "at least 1, not 0"),
         (["--agent-cores", "1-x"], None, "use e.g. '0-3,6'"),
         (["--simulated", "a100"], None, "set GPULET_PROFILES_DIR"),
+        (["--model-repository", "m", "--simulated", "a100-class"], None,
+         "--model-repository serves the folder's models on CPU"),
         ([], '[cluster]\nkind = "nvidia"\n[[models]]\nname = "noop"\nslo_ms = 9\n', "'nvidia'"),
         ([], '[cluster]\nkind = "cpu"\n[[models]]\nname = "noop"\ninstance = "n2"\nslo_ms = 9\n',
          "instances ['n2']"),
@@ -93,6 +88,13 @@ def test_usage_errors_name_the_fix(
         flags = [*flags, "--scenario", str(path)]
     with pytest.raises(SystemExit, match=re.escape(message)):
         options(*flags)
+
+
+def test_a_model_repository_takes_its_names_unchecked_and_builds_nothing() -> None:
+    got = options("--model-repository", "models", "--models", "mynet,other")
+    assert (got.models, got.model_repository, got.build) == (("mynet", "other"),
+                                                             Path("models"), False)  # fmt: skip
+    assert options("--model-repository", "models").models == ()  # all of the folder's
 
 
 def test_the_pasteable_example_on_simulated_gpus_is_a_token() -> None:
