@@ -218,6 +218,16 @@ class Planner:
         for smaller in sorted((s for s in self.sizes if s < size), reverse=True):
             latency = self.perf.estimate_ms(demand.model, choice.batch, smaller)
             fill_ms = 1000 * choice.batch / rate
+            if latency is not None and fill_ms > demand.slo_ms:
+                # A rate too low to fill one batch within the SLO (perf.residual's corner
+                # case: batch 1 on a cycle of SLO - L̂): shrink while the smaller size still
+                # runs it in time. The rule below never shrinks it, and such a model then
+                # took a whole device it needs a sliver of.
+                shrunk = self.perf.residual(demand.model, smaller, demand.slo_ms, rate)
+                if shrunk is None or shrunk.throughput_rps < rate:
+                    break
+                best = smaller
+                continue
             # Shrink while the batch still fills slower than it runs and L̂ + b/r ≤ SLO.
             if latency is None or fill_ms < latency or latency + fill_ms > demand.slo_ms:
                 break

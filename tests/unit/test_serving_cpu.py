@@ -94,3 +94,17 @@ def test_serving_cores_that_cannot_be_had_are_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         serving_split((0, 1), setting)
+
+
+def test_a_model_too_slow_to_fill_a_batch_within_its_slo_takes_the_smallest_core_set() -> None:
+    # 1 req/s against a 100 ms SLO fills no batch in time (perf.residual's corner case): its
+    # residual gpu-let still shrinks to one core, leaving the other to another model.
+    from common.interference import NoInterference
+    from router.scheduling.schedulers import plan
+    from router.scheduling.types import PlanConfig
+
+    device = Device("cpu0", "a", PROFILE)
+    result = plan("gpulet+int", [ModelDemand("m", "m", 1.0, 100.0)], [device], PlanConfig(),
+                  NoInterference())  # fmt: skip
+    assert result.feasible
+    assert [g.size for g in result.gpulets] == [1.0]
