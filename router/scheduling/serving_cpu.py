@@ -15,8 +15,8 @@ and the workers run on what is left: every latency of a shared CPU device × 1 /
 
 c_m comes from the request's size: SERVING_FIXED_MS + SERVING_MS_PER_MB × its body in MB (the
 base64 form: 4/3 of the tensor bytes). Both were measured on the reference 2-core machine,
-router and agent process CPU over 3,000 noop and 600 mobilenet_v2 requests
-(`python benchmarks/serving_cpu.py`); GPULET_SERVING_CPU_MS overrides them per model.
+router and agent process CPU over base64 noop, mobilenet_v2 and resnet18 requests
+(`python benchmarks/serving_cpu.py`, benchmarks/results/serving_cpu.json); GPULET_SERVING_CPU_MS overrides them per model.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from router.scheduling.schedulers import plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 # Router + agent CPU per request, whatever it carries: HTTP, the dispatcher, the agent hop.
-SERVING_FIXED_MS = 1.2
+SERVING_FIXED_MS = 1.4
 # ... and per MB of request body (base64 parse and decode, frames, the copies to the worker).
-SERVING_MS_PER_MB = 4.2
+SERVING_MS_PER_MB = 4.7
 # Serving may take at most this share of the shared cores: past it, the workers' tails grow
 # without bound (processor sharing at utilisation near 1).
 MAX_SERVING_SHARE = 0.8
