@@ -16,7 +16,8 @@ and the workers run on what is left: every latency of a shared CPU device × 1 /
 c_m comes from the request's size: SERVING_FIXED_MS + SERVING_MS_PER_MB × its body in MB (the
 base64 form: 4/3 of the tensor bytes). Both were measured on the reference 2-core machine,
 router and agent process CPU over base64 noop, mobilenet_v2 and resnet18 requests
-(`python benchmarks/serving_cpu.py`, benchmarks/results/serving_cpu.json); GPULET_SERVING_CPU_MS overrides them per model.
+(`python benchmarks/serving_cpu.py`, benchmarks/results/serving_cpu.json);
+GPULET_SERVING_CPU_MS overrides them per model.
 """
 
 from __future__ import annotations
