@@ -54,5 +54,5 @@ async def read_message(reader: asyncio.StreamReader) -> bytes:
 
 def write_message(writer: asyncio.StreamWriter, body: bytes) -> None:
     """Queue one message; the caller awaits `writer.drain()` when it wants back-pressure."""
-    writer.write(_LENGTH.pack(len(body)))
-    writer.write(body)
+    # One call, not two: on a unix socket each write is a system call, on every request.
+    writer.writelines((_LENGTH.pack(len(body)), body))

@@ -59,6 +59,9 @@ async def serve(settings: RouterSettings) -> None:
         loop="none",  # the running uvloop loop of `run`
         http="httptools",
         access_log=False,
+        # The router reads no client address or scheme: X-Forwarded-* parsing would be work
+        # on every request for nothing.
+        proxy_headers=False,
         log_config=None,  # keep the logging our entry point configured
         timeout_graceful_shutdown=5,
     )

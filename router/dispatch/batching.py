@@ -163,7 +163,8 @@ def decide(
     running: int = 0,
     work_conserving: bool = False,
 ) -> BatchDecision:
-    """`busy_until_ms`: when the batches in flight are predicted done; `running`: how many.
+    """`queue`: the waiting requests in arrival order. `busy_until_ms`: when the batches in
+    flight are predicted done; `running`: how many.
     `may_send` False (the worker has enough batches already): drops only; a batch that is
     ready waits, and the caller decides again when a batch is answered."""
     start_ms = max(now_ms, busy_until_ms)
@@ -171,7 +172,7 @@ def decide(
     drops: list[str] = []
     by_model: dict[str, list[Pending]] = {t.model: [] for t in plan.models}
     ahead = dict.fromkeys(turns, 0)  # items kept so far per model, in arrival order
-    for request in sorted(queue, key=lambda r: (r.arrived_ms, r.request_id)):
+    for request in queue:  # in arrival order: the queue keeps them so, no sort per decision
         model = turns.get(request.model)
         if model is None or start_ms + _backlog_ms(turns, ahead, request) > request.deadline_ms:
             drops.append(request.request_id)  # 1. cannot make it behind what is ahead of it

@@ -188,6 +188,12 @@ class GpuletQueue:
         self.queued_items += entry.pending.items
         model = entry.pending.model
         self.queued_by_model[model] = self.queued_by_model.get(model, 0) + entry.pending.items
+        if len(self._predicted_ms) >= batches_in_flight(self.share()):
+            # The worker holds all the batches it may: nothing can go before one is answered,
+            # which wakes the loop. Deciding now would only scan the whole queue (the door
+            # judged this request's deadline already), per request: quadratic in the queue
+            # under overload, which stalled the router at 1,000 clients.
+            return None
         # Decide at once: a request that completes a batch goes out without waiting for the
         # loop to wake (the loop still handles windows and deadlines).
         try:

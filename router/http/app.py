@@ -40,6 +40,7 @@ from router.http import codec, oip, openapi
 from router.http.admin import admin_dependencies
 from router.http.bodies import read_body
 from router.http.failure_log import FailureLog
+from router.http.fast_path import RouterApp
 from router.http.inflight import Door, InflightLimiter
 from router.http.metrics import DispatchMetrics
 from router.http.model_file_routes import model_file_routes
@@ -197,7 +198,7 @@ def create_app(
             await client.close()
             logger.info("router stopped")
 
-    app = FastAPI(
+    app = RouterApp(
         title="gpulet router",
         version="0.1.0",
         lifespan=lifespan,
@@ -355,6 +356,7 @@ def create_app(
         return Response(codec.dumps({"status": "ready", "models": sorted(models)}),
                         media_type="application/json")  # fmt: skip
 
+    app.serve_directly("/v1/infer", infer, door)
     return app
 
 

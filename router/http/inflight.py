@@ -14,16 +14,13 @@ A refusal costs no body read and no JSON parse: a few tens of µs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 
-Scope = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[dict[str, Any]], Any]
-App = Callable[[Scope, Receive, Send], Any]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Never cap below this many requests at once: a measurement taken while nearly idle (a few
 # requests, most of the loop's time spent elsewhere) must not refuse a burst the loop can take.
