@@ -241,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join([f"median [min-max] over {args.repeats} repeats; load average before: {load}",
                      *lines]))  # fmt: skip
     if args.json is not None:
-        args.json.write_bytes(orjson.dumps({"repeats": repeats, "summary": lines,
-                                            "load_before": load}, option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(orjson.dumps(
+            {"command": " ".join(sys.argv), "repeats": repeats, "summary": lines,
+             "load_before": load}, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     return 0
 
 

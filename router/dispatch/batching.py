@@ -69,10 +69,19 @@ def prior_estimate(latency_ms: tuple[float, ...], batch_size: int) -> Estimate:
 @dataclass(frozen=True)
 class ModelTurn:
     model: str
-    batch_size: int  # planned; a batch never holds more items
+    batch_size: int  # planned: a batch this full goes at once
     # The prior: the profile's L̂ for 1..len items (index b - 1) x the plan's interference.
     latency_ms: tuple[float, ...]
     estimate: Estimate | None = None  # learned for this gpu-let; None: the prior alone
+    # The most items a batch takes when more than the planned size wait (0: the planned size).
+    # The plan sizes batches for the rates and default SLOs it planned; a backlog (more
+    # traffic, or requests with longer SLOs) runs in larger batches, each request's deadline
+    # permitting, rather than queue behind a cap no deadline asks for.
+    grow_to: int = 0
+
+    @property
+    def max_batch(self) -> int:
+        return max(self.batch_size, self.grow_to)
 
     @functools.cached_property
     def learned(self) -> Estimate:
@@ -251,7 +260,7 @@ def admission_finish(
                    default=request.items)  # fmt: skip
     ahead = {name: queued_items.get(name, 0) for name in turns}
     total_ms = _backlog_ms(turns, ahead, request, own_batch=grows_to) * stretch
-    in_batch = max(ahead[request.model] % own.batch_size + request.items, grows_to)
+    in_batch = max(ahead[request.model] % own.max_batch + request.items, grows_to)
     own_ms = own.latency_ms_of(in_batch) * stretch
     return Prediction(start_ms + total_ms, wait_ms=start_ms - now_ms, ahead_ms=total_ms - own_ms,
                       own_ms=own_ms, own_items=in_batch, per_batch_ms=per_batch_ms,
@@ -270,13 +279,13 @@ def _backlog_ms(
     for name, items in ahead.items():
         turn = turns[name]
         if name == request.model:
-            batches_before = items // turn.batch_size
-            in_batch = max(items % turn.batch_size + request.items, own_batch)
-            total += batches_before * turn.period_ms(turn.batch_size) + \
+            batches_before = items // turn.max_batch
+            in_batch = max(items % turn.max_batch + request.items, own_batch)
+            total += batches_before * turn.period_ms(turn.max_batch) + \
                 own.latency_ms_of(in_batch)  # fmt: skip
         elif items:
-            full, rest = divmod(items, turn.batch_size)
-            total += full * turn.period_ms(turn.batch_size) + \
+            full, rest = divmod(items, turn.max_batch)
+            total += full * turn.period_ms(turn.max_batch) + \
                 (turn.period_ms(rest) if rest else 0.0)  # fmt: skip
     return total
 
@@ -289,7 +298,7 @@ def _feasible_prefix(
     items = 0
     earliest_deadline = float("inf")
     for request in waiting:
-        if items + request.items > model.batch_size and best:
+        if items + request.items > model.max_batch and best:
             break
         items += request.items
         earliest_deadline = min(earliest_deadline, request.deadline_ms)

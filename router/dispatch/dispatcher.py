@@ -29,7 +29,6 @@ from router.dispatch.batching import (
     NOT_SERVED,
     PIPELINE_DEPTH,
     GpuletPlanView,
-    ModelTurn,
     Pending,
     Prediction,
     admission_finish,
@@ -144,8 +143,7 @@ class GpuletQueue:
     def _apply_estimates(self) -> None:
         self.view = GpuletPlanView(
             self.view.duty_cycle_ms,
-            tuple(ModelTurn(t.model, t.batch_size, t.latency_ms, self.learners[t.model].estimate)
-                  for t in self.view.models),
+            tuple(replace(t, estimate=self.learners[t.model].estimate) for t in self.view.models),
         )  # fmt: skip
 
     def _refresh(self, now_ms: float) -> None:

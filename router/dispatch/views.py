@@ -28,7 +28,10 @@ def plan_view(route: Route, profile: DeviceProfile | None) -> GpuletPlanView:
                     break
         # No profile: a 0 ms prior, so only a deadline already passed drops a request until
         # the gpu-let's answers teach the dispatcher its real latency.
-        turns.append(ModelTurn(model.name, max(1, model.batch_size), tuple(table) or (0.0,)))
+        # A backlog may run in batches as large as the profile measured (never past what it
+        # knows: a model without a batch axis was measured at 1 only).
+        turns.append(ModelTurn(model.name, max(1, model.batch_size), tuple(table) or (0.0,),
+                               grow_to=len(table)))
     return GpuletPlanView(gpulet.duty_cycle_ms, tuple(turns))
 
 

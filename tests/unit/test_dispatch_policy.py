@@ -314,3 +314,17 @@ def test_an_unattainable_slo_names_a_tiny_best_latency_in_figures_that_show() ->
     # noop runs in microseconds: "below 0.0 ms" would say nothing.
     result = admit("noop", 0.001, 0.0067, 0, 8, 64, retry_after_s=1.0)
     assert result.error is not None and "below 0.0067 ms" in result.error.message
+
+
+def test_a_backlog_runs_in_larger_batches_than_planned_where_deadlines_allow() -> None:
+    # Planned batch 4, but the profile knows batches up to 8: ten waiting requests go out
+    # eight at a time (L̂(8) = 50 ms fits their 500 ms deadlines), not four.
+    grown = ModelTurn("a", 4, A.latency_ms, grow_to=8)
+    view = GpuletPlanView(40.0, (grown,))
+    queue = [req(f"r{i}", i * 0.1, 500) for i in range(10)]
+    assert decide(queue, 1.0, view).dispatch == tuple(f"r{i}" for i in range(8))
+    # A tight deadline still cuts the batch: r0 must be answered by 41 ms (L̂(6) = 40).
+    tight = [req("r0", 0, 41), *queue[1:]]
+    assert decide(tight, 1.0, view).dispatch == tuple(f"r{i}" for i in range(6))
+    # Fewer than the planned size waiting: nothing changes (the window rule holds them).
+    assert decide(queue[:3], 1.0, view).model is None
