@@ -20,7 +20,7 @@ from agent.profiling.measure import read_machine_facts
 from agent.profiling.plan import machine_key
 from agent.profiling.profiler import ensure_profile
 from common.cluster import CPU_KEY, DeviceInfo
-from common.settings import AgentSettings
+from common.settings import AgentSettings, CommonSettings
 from common.store import Store
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def profile_key_for(device: DeviceInfo) -> str:
     return f"{CPU_KEY}{machine_key(read_machine_facts(len(device.cores)))}"
 
 
-def cache_path(settings: AgentSettings, key: str) -> Path:
+def cache_path(settings: CommonSettings, key: str) -> Path:
     return settings.model_dir.parent / "profiles" / f"{key.replace(':', '-')}.json"
 
 
@@ -61,6 +61,25 @@ def parse_batches(text: str) -> tuple[int, ...]:
     if not batches or batches[0] < 1:
         raise ValueError(f"GPULET_PROFILE_BATCHES={text!r}: batches must be >= 1")
     return batches
+
+
+class DiskProfiles:
+    """The disk cache as a profile store, for a process without Redis (`gpulet profile`): what
+    it measures is what the agents on this machine find when they start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def profile(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        try:
+            return read_cached(self.path)
+        except FileNotFoundError:
+            return None
+
+    async def put_profile(
+        self, key: str, profile_json: dict[str, Any], meta: dict[str, Any]
+    ) -> None:
+        write_cached(self.path, profile_json, meta)
 
 
 async def ensure_agent_profile(

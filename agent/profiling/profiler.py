@@ -14,10 +14,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.local_model import LocalModel, zoo_model
 from agent.profiling.measure import (
@@ -41,14 +41,22 @@ from common.models import CATALOG
 from common.profiles import DeviceProfile
 from common.settings import CommonSettings
 
-if TYPE_CHECKING:
-    from common.store import Store
-
 logger = logging.getLogger(__name__)
 
 
+class ProfileStore(Protocol):
+    """Where profiles live: Redis (common.store.Store), or the disk cache alone (`gpulet
+    profile` without Redis: cache.DiskProfiles)."""
+
+    def profile(self, key: str) -> Awaitable[tuple[dict[str, Any], dict[str, Any]] | None]: ...
+
+    def put_profile(
+        self, key: str, profile_json: dict[str, Any], meta: dict[str, Any]
+    ) -> Awaitable[None]: ...
+
+
 async def ensure_profile(
-    store: Store | None,
+    store: ProfileStore | None,
     settings: CommonSettings,
     device: DeviceInfo,
     models: Iterable[str],

@@ -348,6 +348,7 @@ def _profile_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from agent.devices import discover_cpu
+    from agent.profiling.cache import DiskProfiles, cache_path, profile_key_for
     from agent.profiling.measure import ProfileStep
     from agent.profiling.profiler import ensure_profile
     from common.profiles import DeviceProfile
@@ -367,15 +368,28 @@ def _profile_command(args: argparse.Namespace) -> int:
         label = f"{step.model} cores={step.cores} batch={step.batch}"
         bar.update(task, description=label, completed=step.done, total=step.total)
 
+    # The disk cache is what this machine's agents read when they start: always write it
+    # (and Redis too, when one is named).
+    disk = DiskProfiles(cache_path(settings, profile_key_for(device)))
+
     async def run() -> DeviceProfile:
-        store = Store.from_url(settings.redis_url, settings.redis_prefix) if settings.redis_url \
-            else None  # fmt: skip
-        try:
-            return await ensure_profile(store, settings, device, args.models, shown,
+        if not settings.redis_url:
+            return await ensure_profile(disk, settings, device, args.models, shown,
                                         force=args.force, agent_id="gpulet-profile")  # fmt: skip
+        store = Store.from_url(settings.redis_url, settings.redis_prefix)
+        try:
+            key = profile_key_for(device)
+            cached = await disk.profile(key)
+            if await store.profile(key) is None and cached is not None:
+                await store.put_profile(key, *cached)
+            profile = await ensure_profile(store, settings, device, args.models, shown,
+                                           force=args.force, agent_id="gpulet-profile")
+            found = await store.profile(key)
+            if found is not None:
+                await disk.put_profile(key, *found)
+            return profile
         finally:
-            if store is not None:
-                await store.close()
+            await store.close()
 
     started = time.perf_counter()
     with bar:
@@ -387,9 +401,8 @@ def _profile_command(args: argparse.Namespace) -> int:
         skipped = sum(1 for s in steps if s.latency_ms is None)
         err.print(f"measured {len(steps) - skipped} points in {elapsed_s:.1f}s ({skipped} "
                   f"skipped: a run would exceed the per-point budget)")  # fmt: skip
-        err.print(f"stored in Redis ({settings.redis_url})" if settings.redis_url else
-                  "not stored: no GPULET_REDIS_URL set, so this profile lives only in this "
-                  "output")  # fmt: skip
+        err.print(f"stored in {disk.path}" + (f" and Redis ({settings.redis_url})"
+                                               if settings.redis_url else ""))  # fmt: skip
     if args.json is not None:
         text = json.dumps(profile.to_json(), indent=2)
         if args.json == "-":

@@ -153,3 +153,41 @@ async def test_cancelling_ensure_profile_stops_the_measuring_process(
     # The thread stops its process and returns; the leak fixture then checks no child is left.
     assert await asyncio.to_thread(measure.finished.wait, 60.0)
     assert await store.keys() == []
+
+
+def test_gpulet_profile_without_redis_writes_the_cache_agents_start_from(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """`gpulet profile --force` on an idle machine is how a user re-measures: it must land in
+    the disk cache that this machine's agents load at start (it was printed, then dropped)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from agent.devices import discover_cpu
+    from agent.profiling.cache import cache_path, profile_key_for, read_cached
+    from common.modelzoo.cache import onnx_path, sidecar_path
+    from common.settings import CommonSettings
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("noop",):
+        shutil.copy(onnx_path(model_dir, name), onnx_path(models, name))
+        shutil.copy(sidecar_path(model_dir, name), sidecar_path(models, name))
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GPULET_REDIS_URL")}
+    env["GPULET_MODEL_DIR"] = str(models)
+    core = str(min(os.sched_getaffinity(0)))
+    command = [sys.executable, "-m", "common.cli.main", "profile", "--models", "noop",
+               "--cores", core]  # fmt: skip
+    first = subprocess.run([*command, "--force"], env=env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    settings = CommonSettings(model_dir=models)
+    path = cache_path(settings, profile_key_for(discover_cpu(core)))
+    assert f"stored in {path}" in first.stderr.replace("\n", "")
+    profile, meta = read_cached(path)
+    assert {entry["model"] for entry in profile["latency"]} == {"noop"}
+    assert set(meta["models"]) == {"noop"}
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "reused the stored profile" in again.stderr
