@@ -58,6 +58,9 @@ class Pending:
     items: int  # rows of the request's batch axis
     arrived_ms: float
     deadline_ms: float
+    # When its SLO runs out (admission held it to this): a batch grows past the planned size
+    # only while every request in it still makes its SLO, not merely its deadline.
+    due_ms: float = float("inf")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -260,7 +263,7 @@ def admission_finish(
                    default=request.items)  # fmt: skip
     ahead = {name: queued_items.get(name, 0) for name in turns}
     total_ms = _backlog_ms(turns, ahead, request, own_batch=grows_to) * stretch
-    in_batch = max(ahead[request.model] % own.max_batch + request.items, grows_to)
+    in_batch = max(ahead[request.model] % own.batch_size + request.items, grows_to)
     own_ms = own.latency_ms_of(in_batch) * stretch
     return Prediction(start_ms + total_ms, wait_ms=start_ms - now_ms, ahead_ms=total_ms - own_ms,
                       own_ms=own_ms, own_items=in_batch, per_batch_ms=per_batch_ms,
@@ -272,6 +275,8 @@ def _backlog_ms(
 ) -> float:
     """When `request` would be answered from the gpu-let's start: the full batches of every
     model queued before it, then its own batch (at least `own_batch` items) and its hop back.
+    Batches of the planned size: a backlog may run in larger ones (ModelTurn.grow_to), but only
+    as far as SLOs allow, so counting on them would promise what may not come.
     Without the queue ahead, an overloaded gpu-let keeps admitting requests that can only be
     dropped later, after waiting (not "at once")."""
     own = turns[request.model]
@@ -279,13 +284,13 @@ def _backlog_ms(
     for name, items in ahead.items():
         turn = turns[name]
         if name == request.model:
-            batches_before = items // turn.max_batch
-            in_batch = max(items % turn.max_batch + request.items, own_batch)
-            total += batches_before * turn.period_ms(turn.max_batch) + \
+            batches_before = items // turn.batch_size
+            in_batch = max(items % turn.batch_size + request.items, own_batch)
+            total += batches_before * turn.period_ms(turn.batch_size) + \
                 own.latency_ms_of(in_batch)  # fmt: skip
         elif items:
-            full, rest = divmod(items, turn.max_batch)
-            total += full * turn.period_ms(turn.max_batch) + \
+            full, rest = divmod(items, turn.batch_size)
+            total += full * turn.period_ms(turn.batch_size) + \
                 (turn.period_ms(rest) if rest else 0.0)  # fmt: skip
     return total
 
@@ -293,16 +298,20 @@ def _backlog_ms(
 def _feasible_prefix(
     waiting: Sequence[Pending], model: ModelTurn, start_ms: float
 ) -> list[Pending]:
-    """The longest FIFO prefix within the batch size whose every request meets its deadline."""
+    """The longest FIFO prefix within the batch size whose every request meets its deadline,
+    and, past the planned size, its SLO too (a backlog runs in larger batches, but not late)."""
     best: list[Pending] = []
     items = 0
-    earliest_deadline = float("inf")
+    earliest_deadline = earliest_due = float("inf")
     for request in waiting:
         if items + request.items > model.max_batch and best:
             break
         items += request.items
         earliest_deadline = min(earliest_deadline, request.deadline_ms)
-        if start_ms + model.latency_ms_of(items) > earliest_deadline:
+        earliest_due = min(earliest_due, request.due_ms)
+        finish_ms = start_ms + model.latency_ms_of(items)
+        if finish_ms > earliest_deadline or (items > model.batch_size and best
+                                             and finish_ms > earliest_due):  # fmt: skip
             break
         best.append(request)
     return best or [waiting[0]]

@@ -480,7 +480,8 @@ class Dispatcher:
         loads = [RouteLoad(q.route.gpulet.gpulet_id, _planned(q.route, model), q.outstanding_items)
                  for q in queues]  # fmt: skip
         arrived_ms = self.clock() * 1000
-        pending = Pending(request_id, model, items, arrived_ms, deadline_ms)
+        pending = Pending(request_id, model, items, arrived_ms, deadline_ms,
+                          due_ms=started_ms + slo_ms)
         # Eager drop at the door: the first gpu-let (in routing order) that can finish it
         # within its SLO takes it; when none can, it is refused now rather than after waiting.
         # Once queued it may run until its deadline (slo x GPULET_DEADLINE_FACTOR): a little

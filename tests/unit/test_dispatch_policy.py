@@ -328,3 +328,15 @@ def test_a_backlog_runs_in_larger_batches_than_planned_where_deadlines_allow() -
     assert decide(tight, 1.0, view).dispatch == tuple(f"r{i}" for i in range(6))
     # Fewer than the planned size waiting: nothing changes (the window rule holds them).
     assert decide(queue[:3], 1.0, view).model is None
+
+
+def test_a_batch_grows_past_the_planned_size_only_while_every_request_makes_its_slo() -> None:
+    # Deadlines (SLO x 2) are far, but the SLOs end at 46 ms: L̂(6) = 40 fits, L̂(7) = 45 fits,
+    # L̂(8) = 50 does not. Up to the planned 4 only deadlines count (a request already
+    # admitted may run late rather than be dropped); past it, nobody is made late.
+    grown = ModelTurn("a", 4, A.latency_ms, grow_to=8)
+    view = GpuletPlanView(40.0, (grown,))
+    queue = [Pending(f"r{i}", "a", 1, i * 0.1, 500.0, due_ms=46.0) for i in range(10)]
+    assert decide(queue, 1.0, view).dispatch == tuple(f"r{i}" for i in range(7))
+    late = [Pending(f"r{i}", "a", 1, i * 0.1, 500.0, due_ms=20.0) for i in range(10)]
+    assert decide(late, 1.0, view).dispatch == tuple(f"r{i}" for i in range(4))
