@@ -120,7 +120,15 @@ def schedulers_named(name: str) -> tuple[str, ...]:
 
 
 def load_cpu_profile(path: Path) -> DeviceProfile:
-    return DeviceProfile.from_json(orjson.loads(path.read_bytes()))
+    """A measured profile from `gpulet profile --json FILE` or from an agent's disk cache,
+    which wraps the same profile with the facts it was measured under."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        if isinstance(data, dict) and "profile" in data and "meta" in data:
+            data = data["profile"]
+        return DeviceProfile.from_json(data)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a measured profile ({exc!r})") from exc
 
 
 def open_scenario(path: Path) -> Scenario:
