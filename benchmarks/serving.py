@@ -7,7 +7,8 @@ user gets; `duty-cycle` adds GPULET_BATCHING=duty-cycle, the rule before work-co
 dispatch), then:
   1. closed loop at 1, 8 and 64 clients (aiohttp, this process), POST /v1/infer batch 1 with an
      SLO both paths meet (SLO_MS): noop as nested lists, resnet18 as base64;
-  2. noop at 64 connections with wrk (if installed) for WRK_S: the figure the issue compares;
+  2. noop with wrk (if installed) for WRK_S each: 64 connections (req/s) and 1 connection
+     (p50), the two figures the issue compares;
   3. noop at 1,000 clients with a 1 s SLO (aiohttp) for FLOOD_S: the share answered 200 within
      1 s, and how fast the rest were refused;
 and once per repeat, in-process (overhead.measure_raw: a child pinned to the gpu-let's cores,
@@ -121,24 +122,28 @@ def flood(base: str, tmp: Path) -> dict[str, Any]:
             / len(refused) if refused else None}  # fmt: skip
 
 
-def wrk(base: str) -> float | None:
-    """noop at 64 connections, 2 threads, for WRK_S: requests/s (None without wrk)."""
+def wrk(base: str, connections: int, threads: int) -> tuple[float, float] | None:
+    """noop at `connections` for WRK_S: (requests/s, p50 ms), or None without wrk."""
     if shutil.which("wrk") is None:
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                      f"wrk.body = {body('noop', SLO_MS['noop']).decode()!r}\n")  # fmt: skip
     try:
-        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{WRK_S}s", "-s", script.name,
-                              f"{base}/v1/infer"], capture_output=True, text=True,
-                             check=True).stdout  # fmt: skip
+        out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{WRK_S}s",
+                              "--latency", "-s", script.name, f"{base}/v1/infer"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     finally:
         os.unlink(script.name)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         print(f"    wrk: {non_2xx.group(1)} non-2xx answers", flush=True)
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(found.group(1)) if found else None
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    if rps is None or p50 is None:
+        return None
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p50.group(2)]
+    return float(rps.group(1)), float(p50.group(1)) * scale
 
 
 def cores_of(base: str) -> dict[str, tuple[int, ...]]:
@@ -158,7 +163,12 @@ def run_mode(mode: str, tmp: Path, i: int) -> tuple[dict[str, Any], dict[str, tu
             for c in CONCURRENCIES:
                 figures[f"{model}/c{c}"] = closed(base, payload, c, REQUESTS[model][c])
                 print(f"    {mode} {model} c={c}: {figures[f'{model}/c{c}']}", flush=True)
-        figures["noop/wrk-c64-rps"] = wrk(base)
+        c64 = wrk(base, 64, 2)
+        figures["noop/wrk-c64-rps"] = c64[0] if c64 else None
+        # the issue's own measurement of a lone request: wrk -t1 -c1
+        c1 = wrk(base, 1, 1)
+        figures["noop/wrk-c1-p50-ms"] = c1[1] if c1 else None
+        print(f"    {mode} wrk c=1 p50 {figures['noop/wrk-c1-p50-ms']} ms", flush=True)
         figures["noop/flood"] = flood(base, tmp)
         print(f"    {mode} wrk c=64 {figures['noop/wrk-c64-rps']} req/s; flood "
               f"{figures['noop/flood']}", flush=True)  # fmt: skip
@@ -208,6 +218,13 @@ def summary(repeats: Sequence[Mapping[str, Any]], modes: Sequence[str]) -> list[
             spread = Spread.of(wrk_rps)
             lines.append(f"  noop wrk c=64: {spread.show(0)} req/s (before: "
                          f"{NOOP_C64_BEFORE_RPS:.0f})")  # fmt: skip
+        wrk_p50 = [r[mode].get("noop/wrk-c1-p50-ms") for r in repeats]
+        if all(wrk_p50):
+            added = Spread.of([p - r["raw"]["noop/c1"]["p50_ms"]
+                               for p, r in zip(wrk_p50, repeats, strict=True)])  # fmt: skip
+            goal = "met" if added.median <= NOOP_ADDED_P50_GOAL_MS else "missed"
+            lines.append(f"  noop wrk -t1 -c1 added p50: {added.show(3)} ms (goal <= 1 ms: "
+                         f"{goal})")  # fmt: skip
         share = Spread.of([r[mode]["noop/flood"]["ok_within_slo_share"] for r in repeats])
         refused = [r[mode]["noop/flood"]["refused_p99_ms"] for r in repeats]
         lines.append(f"  noop {FLOOD_CLIENTS} clients, 1 s SLO: {share.show(3)} answered 200 "
