@@ -47,13 +47,13 @@ import psutil
 from system import REPO_ROOT, gpulet_up, http_get
 
 from common.procs import die_with_parent, free_port, stop_process
-from common.scenarios import load_scenario
+from common.scenarios import PACKAGED_SCENARIOS, load_scenario
 from loadgen.arrivals import schedule
 from loadgen.bodies import request_bodies
 from loadgen.report import build_report
 from loadgen.runner import RunConfig, RunResult, run_open_loop
 
-SCENARIO = REPO_ROOT.parent / "shared" / "scenarios" / "a100-scen3.toml"
+SCENARIO = PACKAGED_SCENARIOS / "a100-scen3.toml"
 PEAKS = REPO_ROOT / "benchmarks" / "results" / "e2e_peak.json"
 SIM_UP = ["--simulated", "a100-class", "--devices", "2", "--models", "resnet50,vgg16",
           "--time-scale", "10"]  # fmt: skip

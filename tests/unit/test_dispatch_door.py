@@ -13,7 +13,8 @@ import pytest
 from common.errors import DeadlinePassed
 from common.placement import GpuletModel, GpuletSpec, Placement
 from router.dispatch.batching import GpuletPlanView, ModelTurn
-from router.dispatch.dispatcher import Dispatcher, Result
+from router.dispatch.dispatcher import Dispatcher
+from router.dispatch.gpulet_queue import Result
 from router.dispatch.routing import Route, build_table
 from tests.support.held_agent import Clock, HeldClient
 

@@ -12,7 +12,7 @@ from common import frames
 from common.placement import GpuletModel, GpuletSpec
 from router.dispatch.agent_client import AgentClient
 from router.dispatch.batching import GpuletPlanView, ModelTurn, Pending
-from router.dispatch.dispatcher import MAX_BATCHES_IN_FLIGHT, Entry, GpuletQueue
+from router.dispatch.gpulet_queue import MAX_BATCHES_IN_FLIGHT, Entry, GpuletQueue
 from router.dispatch.observer import NoObserver
 from router.dispatch.routing import Route
 
@@ -158,7 +158,7 @@ async def test_close_waits_for_a_send_handed_to_its_caller_inline() -> None:
 
 
 def test_each_of_several_routers_keeps_its_share_of_batches_in_flight() -> None:
-    from router.dispatch.dispatcher import batches_in_flight
+    from router.dispatch.gpulet_queue import batches_in_flight
 
     assert batches_in_flight(1.0) == MAX_BATCHES_IN_FLIGHT
     assert batches_in_flight(0.5) == 1
@@ -167,7 +167,7 @@ def test_each_of_several_routers_keeps_its_share_of_batches_in_flight() -> None:
 
 def test_a_shared_gpulet_doubles_the_predicted_wait_not_the_own_batch() -> None:
     from router.dispatch.batching import NOT_SERVED, Prediction
-    from router.dispatch.dispatcher import shared_prediction
+    from router.dispatch.gpulet_queue import shared_prediction
 
     now_ms = 1000.0
     alone = Prediction(now_ms + 300 + 200 + 110, wait_ms=300, ahead_ms=200, own_ms=110)
