@@ -75,27 +75,17 @@ class FolderRepository(Repository):
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
     async def load(self, name: str, parameters: LoadParameters) -> None:
-        async with self._lock:
-            self.loading.add(name)
-            try:
-                model = self.folder.find(name)
-                current = sorted(n for n in self.served if model_of(n) == name)
-                if current == sorted(f.served_name for f in model.files) and all(
-                    self.files[f.served_name].sha256 == f.sha256 for f in model.files
-                ):
-                    return  # served already, and nothing changed
-                if current:
-                    logger.info("model reload model=%s: its files changed", name)
-                    await self._drain_and_remove(name, current)
-                await self._load_files(model, parameters)
-            except UnknownModel:
-                raise
-            except GpuletError as exc:
-                self.reasons[name] = f"load failed: {exc.message}"
-                raise
-            finally:
-                self.loading.discard(name)
-            self.reasons.pop(name, None)
+        async with self._lock, self._loading(name):
+            model = self.folder.find(name)
+            current = sorted(n for n in self.served if model_of(n) == name)
+            if current == sorted(f.served_name for f in model.files) and all(
+                self.files[f.served_name].sha256 == f.sha256 for f in model.files
+            ):
+                return  # served already, and nothing changed
+            if current:
+                logger.info("model reload model=%s: its files changed", name)
+                await self._drain_and_remove(name, current)
+            await self._load_files(model, parameters)
 
     async def _load_files(self, model: RepositoryModel, parameters: LoadParameters) -> None:
         controller = self.controller

@@ -15,8 +15,9 @@ are answered, then remove it from the controller, which plans afresh without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -246,15 +247,24 @@ class Repository:
         async with self._lock:
             if name in self.served:
                 return  # loaded already (Triton reloads; our model files do not change)
-            self.loading.add(name)
-            try:
+            async with self._loading(name):
                 await self._load(name, parameters)
-            except GpuletError as exc:
-                self.reasons[name] = f"load failed: {exc.message}"
-                raise
-            finally:
-                self.loading.discard(name)
-            self.reasons.pop(name, None)
+
+    @contextlib.asynccontextmanager
+    async def _loading(self, name: str) -> AsyncIterator[None]:
+        """`name` shows LOADING meanwhile; a failure is kept as its index reason, a success
+        clears the last one. An unknown name is no model of the index: nothing is kept."""
+        self.loading.add(name)
+        try:
+            yield
+        except UnknownModel:
+            raise
+        except GpuletError as exc:
+            self.reasons[name] = f"load failed: {exc.message}"
+            raise
+        finally:
+            self.loading.discard(name)
+        self.reasons.pop(name, None)
 
     async def _load(self, name: str, parameters: LoadParameters) -> None:
         controller = self.controller
