@@ -27,6 +27,7 @@ from common.cluster import AgentInfo, DeviceInfo, simulated_key
 from common.errors import Unavailable
 from common.outage import OutageLog
 from common.profiles import find_profile
+from common.serving_process import tune_serving_process
 from common.settings import AgentSettings
 from common.store import Store
 
@@ -144,6 +145,7 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
             profiling = asyncio.create_task(
                 announce_profile(store, settings, state, state.preparer)
             )
+        tune_serving_process()
         logger.info("agent up id=%s url=%s devices=%s", agent_id, url,
                     ",".join(f"{d.device_id}:{d.kind}" for d in devices))  # fmt: skip
         await stop.wait()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 
 import uvicorn
 import uvloop
 
+from common.serving_process import tune_serving_process
 from common.settings import RouterSettings
 from common.store import Store
 from router.http.app import create_app
@@ -17,23 +17,6 @@ logger = logging.getLogger(__name__)
 
 class MissingRedis(RuntimeError):
     pass
-
-
-# Objects a request allocates before gen-0 collects: CPython's default (700) collects many times
-# per request burst, and every 10th gen-1 can end in a full collection.
-GC_GEN0_THRESHOLD = 20_000
-
-
-def calm_garbage_collector() -> None:
-    """Keep full collections off the request path. Under overload ~1000 requests wait at once,
-    each holding its ASGI stack's coroutines, and CPython's full collections over the ~500k
-    objects took 100-150 ms every 4 s: the router answered nothing meanwhile (overload
-    benchmark, p99 of refusals). The objects of start-up (modules, the app, profiles) never
-    die: frozen, no collection scans them again; and gen-0 runs less often."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def run(settings: RouterSettings) -> None:
@@ -51,7 +34,7 @@ async def serve(settings: RouterSettings) -> None:
     store = Store.from_url(settings.redis_url, settings.redis_prefix)
     await store.ping()
     app = create_app(settings, store=store)
-    calm_garbage_collector()
+    tune_serving_process()
     config = uvicorn.Config(
         app,
         host=settings.router_host,

@@ -398,12 +398,13 @@ class Controller:
         )  # fmt: skip
         if reason is None:
             return None
-        # Planning takes tens to hundreds of ms of CPU: off the event loop, which serves requests.
+        # Planning takes tens to hundreds of ms of CPU: off the event loop, which serves requests
+        # (and yields it the GIL within the switch interval the router sets, serving_process.py).
         started = time.perf_counter()
         found = await asyncio.to_thread(
             replan_live, agents, self.profile, self._plan, dict(self.slos_ms), targets.plan,
             self.scheduler, interference=self._interference, changed=set(moved),
-            serving_ms=self.serving_ms,
+            serving_ms=self.serving_ms, running=self.target.gpulets,
         )  # fmt: skip
         if found is None:
             return None
@@ -448,7 +449,8 @@ class Controller:
         live = await asyncio.to_thread(plan_live, agents, profile, dict(self.slos_ms),
                                        self._fresh_rates(), self.scheduler,
                                        interference=interference,
-                                       serving_ms=self.serving_ms)  # fmt: skip
+                                       serving_ms=self.serving_ms,
+                                       running=self.target.gpulets)  # fmt: skip
         if live is None:
             fallback = static_placement(agents, self.models)
             why = (f"{self.scheduler}: no feasible plan for these SLOs on this profile; "

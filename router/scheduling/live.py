@@ -3,7 +3,9 @@
 Demands are the served models with their SLOs, at declared rates, or, when none are declared,
 at the largest equal rate r the devices can carry (a peak search, as `gpulet peak` does):
 every model then gets the same share of what the hardware can give under its SLO. The plan's
-gpu-lets become concrete partitions: on a CPU device, contiguous core sets in plan order.
+gpu-lets become concrete partitions: on a CPU device, core sets; a gpu-let the running
+placement already has (same size, same models) keeps its cores, so its worker keeps serving,
+and the others take contiguous free cores in plan order.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from common.profiles import DeviceProfile
 from router.scheduling.peak import peak_search
 from router.scheduling.replan import Step, replan
 from router.scheduling.serving_cpu import charged_pool, plan_serving
-from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
+from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig, PlannedGpulet
 
 # The equal-rate search: req/s resolution and ceiling per model.
 SEARCH_STEP_RPS = 1.0
@@ -103,10 +105,12 @@ def plan_live(
     config: PlanConfig | None = None,
     interference: InterferenceModel | None = None,
     serving_ms: Mapping[str, float] | None = None,
+    running: Sequence[GpuletSpec] = (),
 ) -> LivePlan | None:
     """The placement to deploy; None when there are no devices or no model fits at all.
     `serving_ms`: the router and agent's CPU per request of each model, charged against the
-    CPU devices serving shares (serving_cpu.py)."""
+    CPU devices serving shares (serving_cpu.py). `running`: the gpu-lets deployed now, whose
+    cores a gpu-let the plan keeps stays on."""
     devices, cores_of = cpu_devices(agents, profile)
     if not devices:
         return None
@@ -130,7 +134,7 @@ def plan_live(
         if peak.plan is None or not peak.plan.feasible:
             return None
         result, equal_rate = peak.plan, peak.rate_rps
-    return LivePlan(to_placement(result, devices, cores_of), result, equal_rate)
+    return LivePlan(to_placement(result, devices, cores_of, running), result, equal_rate)
 
 
 def replan_live(
@@ -144,6 +148,7 @@ def replan_live(
     interference: InterferenceModel | None = None,
     changed: set[str] | None = None,
     serving_ms: Mapping[str, float] | None = None,
+    running: Sequence[GpuletSpec] = (),
 ) -> tuple[LivePlan, Step] | None:
     """A new plan for new rates from the running one: incremental, then full, then one more
     device (replan.py); None when there are no devices."""
@@ -154,31 +159,32 @@ def replan_live(
     pool = charged_pool(devices, demands, serving_ms or {}, serving_shared(agents))
     result = replan(scheduler, previous, demands, pool, config or PlanConfig(),
                     interference or NoInterference(), changed)  # fmt: skip
-    placement = to_placement(result.plan, devices, cores_of)
+    placement = to_placement(result.plan, devices, cores_of, running)
     return LivePlan(placement, result.plan, None), result.step
 
 
 def to_placement(
-    result: Plan, devices: Sequence[Device], cores_of: Mapping[str, Sequence[int]]
+    result: Plan,
+    devices: Sequence[Device],
+    cores_of: Mapping[str, Sequence[int]],
+    running: Sequence[GpuletSpec] = (),
 ) -> Placement:
     by_id = {d.device_id: d for d in devices}
     agents = {d.device_id: d.agent_id for d in devices}
+    ordered = sorted(result.gpulets, key=lambda g: (g.device_id, -g.size))
+    cores_by_gpulet = core_sets(ordered, cores_of, running)
     gpulets = []
-    next_core: dict[str, int] = {}
     count: dict[str, int] = {}
-    for gpulet in sorted(result.gpulets, key=lambda g: (g.device_id, -g.size)):
+    for position, gpulet in enumerate(ordered):
         device = by_id[gpulet.device_id]
         agent_id = agents[device.device_id]
         device_name = device.device_id.split("/", 1)[1]
         index = count.get(device.device_id, 0)
         count[device.device_id] = index + 1
-        if cores_of[device.device_id]:  # a CPU: the next contiguous cores
-            start = next_core.get(device.device_id, 0)
-            cores = list(cores_of[device.device_id])[start : start + int(gpulet.size)]
-            next_core[device.device_id] = start + int(gpulet.size)
+        cores = list(cores_by_gpulet[position])
+        if cores_of[device.device_id]:  # a CPU: its core set is the partition
             gpulet_id = f"{agent_id}.{device_name}.c{'_'.join(map(str, cores))}"
         else:  # a GPU share: its size is the partition
-            cores = []
             gpulet_id = f"{agent_id}.{device_name}.p{index}"
         gpulets.append(
             GpuletSpec(
@@ -196,3 +202,49 @@ def to_placement(
         )
     unplaced = tuple(sorted({name for name, gap in result.shortfall_rps.items() if gap > 0}))
     return Placement(0, tuple(gpulets), explanation=result.explanation, unplaced=unplaced)
+
+
+def core_sets(
+    gpulets: Sequence[PlannedGpulet],
+    cores_of: Mapping[str, Sequence[int]],
+    running: Sequence[GpuletSpec],
+) -> list[tuple[int, ...]]:
+    """Each gpu-let's cores (empty on a device without cores). A gpu-let the running placement
+    has (same device, size and models) keeps the cores it runs on while they are free: a
+    re-plan that only moves rates, or reorders equal gpu-lets, restarts no worker. The others
+    take the lowest contiguous run of free cores, else the lowest free cores."""
+    kept: dict[tuple[object, ...], list[tuple[int, ...]]] = {}
+    for spec in running:
+        if spec.cores:
+            key = (f"{spec.agent_id}/{spec.device_id}", spec.size, spec.model_names)
+            kept.setdefault(key, []).append(spec.cores)
+    free = {device: list(cores) for device, cores in cores_of.items()}
+    chosen: list[tuple[int, ...] | None] = [None] * len(gpulets)
+    for position, gpulet in enumerate(gpulets):
+        candidates = kept.get(
+            (gpulet.device_id, gpulet.size, tuple(m.name for m in gpulet.models)), []
+        )
+        for held in candidates:
+            if len(held) == int(gpulet.size) and set(held) <= set(free[gpulet.device_id]):
+                chosen[position] = held
+                candidates.remove(held)
+                free[gpulet.device_id] = [c for c in free[gpulet.device_id] if c not in held]
+                break
+    out = []
+    for position, gpulet in enumerate(gpulets):
+        found = chosen[position]
+        if found is None:
+            found = _take(free[gpulet.device_id], int(gpulet.size))
+            free[gpulet.device_id] = [c for c in free[gpulet.device_id] if c not in found]
+        out.append(found)
+    return out
+
+
+def _take(free: Sequence[int], size: int) -> tuple[int, ...]:
+    """`size` of the `free` cores (in device order): the first run of consecutive core ids
+    that fits, else the first `size`."""
+    for start in range(len(free) - size + 1):
+        run = free[start : start + size]
+        if all(later == earlier + 1 for earlier, later in zip(run, run[1:], strict=False)):
+            return tuple(run)
+    return tuple(free[:size])

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 
@@ -19,6 +18,7 @@ from common.models import CATALOG
 from common.modelzoo.cache import onnx_path
 from tests.e2e.conftest import running
 from tests.support import http
+from tests.support.reference import reference_session
 from tests.support.system import RunningSystem
 from tests.support.up import clean_env, gpulet_up
 
@@ -51,7 +51,7 @@ def assert_serves_correct_outputs(url: str, model_dir: Path, models: tuple[str, 
     """REQUESTS requests per model at its default SLO: each 200, outputs as ONNX Runtime's own."""
     rng = np.random.default_rng(7)
     for model in models:
-        session = ort.InferenceSession(str(onnx_path(model_dir, model)))
+        session = reference_session(onnx_path(model_dir, model))
         for _ in range(REQUESTS):
             inputs = random_inputs(model, rng)
             answer = http.request("POST", f"{url}/v1/infer", orjson.dumps(

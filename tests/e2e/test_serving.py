@@ -9,12 +9,12 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 
 from common.models import CATALOG, model_names
 from common.modelzoo.cache import onnx_path
+from tests.support.reference import reference_session
 from tests.support.system import RunningSystem
 
 # The first system on a fresh machine measures its CPU profile (~30 s) before it is ready.
@@ -43,7 +43,7 @@ def as_b64(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def reference(model_dir: Path, model: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(str(onnx_path(model_dir, model)))
+    session = reference_session(onnx_path(model_dir, model))
     return list(session.run(None, inputs))
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tests.support.reference import reference_session
+
 OPSET = 17
 SEED = 20261124
 
@@ -156,9 +158,7 @@ instance_group [ { count: 2, kind: KIND_CPU } ]
 
 def reference(path: Path, inputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
     """What ONNX Runtime, in this process, answers for the file."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = reference_session(path)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, inputs), strict=True))
 

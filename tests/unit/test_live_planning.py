@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from common.cluster import AgentInfo, DeviceInfo
+from common.placement import carry_ids
 from common.profiles import DeviceProfile
 from common.settings import RouterSettings
 from router.http.app import parse_rates, served_models
-from router.scheduling.live import cpu_devices, plan_live
+from router.scheduling.live import LivePlan, cpu_devices, plan_live, replan_live
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,6 +79,57 @@ def test_without_rates_it_plans_the_largest_equal_rate() -> None:
         [agent("a", (0, 1))], cpu_profile(2), slos, {"fast": r + 1, "slow": r + 1}, "gpulet+int"
     )
     assert beyond is not None and not beyond.plan.feasible
+
+
+def cores_by_models(live: object) -> dict[tuple[str, ...], tuple[int, ...]]:
+    assert isinstance(live, LivePlan)
+    return {g.model_names: g.cores for g in live.placement.gpulets}
+
+
+def test_a_gpulet_the_running_placement_has_keeps_its_cores_when_rates_move() -> None:
+    slos = {"fast": 100.0, "slow": 200.0}
+    agents = [agent("a", (2, 3))]
+    first = plan_live(agents, cpu_profile(2), slos, {"fast": 50.0, "slow": 20.0}, "gpulet+int")
+    assert first is not None
+    before = cores_by_models(first)
+    assert sorted(before) == [("fast",), ("slow",)]
+    # Unaware of what runs, the same two one-core gpu-lets come out on swapped cores: both
+    # workers would restart for nothing.
+    swapped = {"fast": 20.0, "slow": 50.0}
+    blind = plan_live(agents, cpu_profile(2), slos, swapped, "gpulet+int")
+    assert cores_by_models(blind) == {m: before[n] for m, n in
+                                      ((("fast",), ("slow",)), (("slow",), ("fast",)))}  # fmt: skip
+    aware = plan_live(agents, cpu_profile(2), slos, swapped, "gpulet+int",
+                      running=first.placement.gpulets)  # fmt: skip
+    assert cores_by_models(aware) == before
+    assert aware is not None
+    # Same partitions, so the running gpu-lets keep their ids: nothing restarts.
+    ids = carry_ids(aware.placement.gpulets, first.placement.gpulets, 2)
+    assert {g.gpulet_id for g in ids} == {g.gpulet_id for g in first.placement.gpulets}
+    found = replan_live(agents, cpu_profile(2), first.plan, slos, swapped, "gpulet+int",
+                        running=first.placement.gpulets)  # fmt: skip
+    assert found is not None and cores_by_models(found[0]) == before
+
+
+def test_a_changed_gpulet_takes_free_contiguous_cores_around_the_kept_ones() -> None:
+    slos = {"fast": 100.0, "slow": 200.0}
+    agents = [agent("a", (0, 1, 2, 3))]
+    live = plan_live(agents, cpu_profile(4), slos, {"fast": 150.0, "slow": 60.0}, "gpulet+int")
+    assert live is not None
+    sizes = {g.model_names: len(g.cores) for g in live.placement.gpulets}
+    assert sizes == {("slow",): 3, ("fast",): 1}
+    # "fast" ran alone on core 0; "slow" ran on other cores with another model.
+    running = [replace(g, cores=(0,), gpulet_id="a.cpu0.c0") if g.model_names == ("fast",)
+               else replace(g, cores=(1, 2), size=2.0, gpulet_id="a.cpu0.c1_2")
+               for g in live.placement.gpulets]  # fmt: skip
+    again = plan_live(agents, cpu_profile(4), slos, {"fast": 150.0, "slow": 60.0},
+                      "gpulet+int", running=running)  # fmt: skip
+    assert cores_by_models(again) == {("fast",): (0,), ("slow",): (1, 2, 3)}
+    # A kept gpu-let whose cores are taken (an unknown core, here) is planned afresh.
+    elsewhere = [replace(g, cores=(7,)) if g.model_names == ("fast",) else g for g in running]
+    fresh = plan_live(agents, cpu_profile(4), slos, {"fast": 150.0, "slow": 60.0},
+                      "gpulet+int", running=elsewhere)  # fmt: skip
+    assert cores_by_models(fresh) == cores_by_models(live)
 
 
 def test_no_cpu_device_means_no_plan() -> None:
