@@ -133,11 +133,15 @@ async def run_batch(request: web.Request) -> web.Response:
         message = frames.decode(await request.read())
         timeout_ms = float(message.header["timeout_ms"])
         model = str(message.header["model"])
+        shared = message.header.get("shared")
+        if shared is not None and not isinstance(shared, str):
+            raise TypeError(f"'shared' must name a batch, not {shared!r}")
     except (frames.FrameError, KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"bad batch frame: {exc}") from exc
     reply = await state.supervisor.run(
-        request.match_info["gpulet_id"], model, message.tensors, received + timeout_ms / 1000
-    )
+        request.match_info["gpulet_id"], model, message.tensors, received + timeout_ms / 1000,
+        shared,
+    )  # fmt: skip
     header = {
         "compute_ms": reply.header.get("compute_ms"),
         "agent_ms": (time.monotonic() - received) * 1000,

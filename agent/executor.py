@@ -42,8 +42,11 @@ class GpuletExecutor(Protocol):
         model: str,
         tensors: dict[str, frames.Array],
         deadline_monotonic_s: float,
+        shared: str | None = None,
     ) -> frames.Frame:
-        """Run one batch; the reply's header carries `compute_ms`. Raises GpuletError."""
+        """Run one batch: `tensors`, or, when `shared` names one, the batch a router left in
+        /dev/shm (common.shared_memory). The reply's header carries `compute_ms`. Raises
+        GpuletError."""
         ...
 
     def statuses(self) -> list[GpuletStatus]: ...

@@ -23,6 +23,7 @@ from agent.nvidia.backend import NvidiaSupervisor, build_nvidia_executor, publis
 from agent.profiling.cache import NO_PROFILE, republish_profile
 from agent.simulated import SimulatedExecutor, fitted_interference
 from agent.supervisor import Supervisor
+from common import shared_memory
 from common.cluster import AgentInfo, DeviceInfo, simulated_key
 from common.errors import Unavailable
 from common.outage import OutageLog
@@ -113,6 +114,7 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
     if isinstance(supervisor, Supervisor):
         supervisor.model_files = files
     runner: web.AppRunner | None = None
+    probe = shared_memory.create_probe() if isinstance(supervisor, Supervisor) else None
     beat: asyncio.Task[None] | None = None
     profiling: asyncio.Task[None] | None = None
     try:
@@ -132,6 +134,8 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
             if settings.simulated_profile else
             # GPUs advertise their profile's key from the start: it is measured beforehand.
             supervisor.profile_key if isinstance(supervisor, NvidiaSupervisor) else None,
+            # Workers read batches from /dev/shm; a simulated device runs no worker.
+            shared_memory=probe,
         )  # fmt: skip
         state = runner.app[STATE_KEY]
         state.info = info
@@ -162,6 +166,8 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         if runner is not None:
             await runner.cleanup()
         await store.close()
+        if probe is not None:
+            shared_memory.remove_probe(probe)
         logger.info("agent stopped")
 
 

@@ -38,6 +38,7 @@ from common.models import TensorSpec, spec_for
 from common.placement import GpuletSpec
 from common.profiles import DeviceProfile, ProfileGap
 from common.settings import AgentSettings
+from common.shared_memory import SharedBatchError, read_batch
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +305,14 @@ class SimulatedExecutor:
         model: str,
         tensors: dict[str, frames.Array],
         deadline_monotonic_s: float,
+        shared: str | None = None,
     ) -> frames.Frame:
         gpulet = serving(self.gpulets, gpulet_id, model, lambda g: g.spec)
+        if shared is not None:  # not advertised here; read it all the same
+            try:
+                tensors = read_batch(shared)
+            except SharedBatchError as exc:
+                raise BackendFailed(exc.args[0], gpulet=gpulet_id) from exc
         if gpulet.state != "ready":
             raise Unavailable(f"gpulet {gpulet_id} is {gpulet.state}: {gpulet.error}",
                               gpulet=gpulet_id, retry_after_s=1.0)  # fmt: skip

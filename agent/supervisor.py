@@ -278,8 +278,9 @@ class WorkerSlot:
 
     # batches ------------------------------------------------------------------------------
     async def run(
-        self, model: str, tensors: dict[str, frames.Array], deadline_monotonic_s: float
-    ) -> frames.Frame:
+        self, model: str, tensors: dict[str, frames.Array], deadline_monotonic_s: float,
+        shared: str | None = None,
+    ) -> frames.Frame:  # fmt: skip
         if self.state != "ready":
             raise Unavailable(
                 f"gpulet {self.spec.gpulet_id} is {self.state}",
@@ -293,7 +294,11 @@ class WorkerSlot:
                 queued=len(self.pending),
                 limit=limit,
             )
-        header = {"op": "run", "model": model, "deadline_monotonic_s": deadline_monotonic_s}
+        header: dict[str, object] = {
+            "op": "run", "model": model, "deadline_monotonic_s": deadline_monotonic_s,
+        }  # fmt: skip
+        if shared is not None:  # the worker reads the batch itself
+            header["shared"] = shared
         reply = await self._call(header, tensors, deadline_monotonic_s - time.monotonic())
         if reply.header.get("op") == "error":
             raise error_from_code(
@@ -436,9 +441,10 @@ class Supervisor:
         model: str,
         tensors: dict[str, frames.Array],
         deadline_monotonic_s: float,
+        shared: str | None = None,
     ) -> frames.Frame:
         slot = serving(self.slots, gpulet_id, model, lambda s: s.spec)
-        return await slot.run(model, tensors, deadline_monotonic_s)
+        return await slot.run(model, tensors, deadline_monotonic_s, shared)
 
     def statuses(self) -> list[GpuletStatus]:
         return [slot.status() for slot in self.slots.values()]

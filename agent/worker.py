@@ -24,6 +24,7 @@ from common import frames
 from common.logs import configure_logging
 from common.models import CATALOG, ModelSpec
 from common.procs import die_with_parent
+from common.shared_memory import SharedBatchError, read_batch
 from common.stream import StreamClosed, recv_message, send_message
 
 logger = logging.getLogger(__name__)
@@ -191,7 +192,12 @@ class ModelRunner:
             return _error(request_id, "deadline_exceeded", "deadline passed before the batch ran")
         started = time.perf_counter()
         try:
-            outputs = self.run(model, message.tensors)
+            shared = header.get("shared")
+            inputs = message.tensors if shared is None else read_batch(str(shared))
+        except SharedBatchError as exc:
+            return _error(request_id, "backend_failed", str(exc))
+        try:
+            outputs = self.run(model, inputs)
         except Exception as exc:  # onnxruntime raises several types; all mean the batch failed
             logger.exception("batch failed gpulet model=%s id=%s", model, request_id)
             return _error(request_id, "backend_failed", f"{type(exc).__name__}: {exc}")

@@ -106,10 +106,13 @@ class AgentInfo:
     started_at_s: float
     # Store key of the profile this agent measured (None while it is still measuring).
     profile_key: str | None = None
+    # Its /dev/shm probe (common.shared_memory): a router that sees it sends batches that way.
+    shared_memory: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "profile_key": self.profile_key,
+            "shared_memory": self.shared_memory,
             "agent_id": self.agent_id,
             "url": self.url,
             "hostname": self.hostname,
@@ -128,6 +131,7 @@ class AgentInfo:
             devices=tuple(DeviceInfo.from_json(d) for d in data.get("devices", ())),
             started_at_s=float(data.get("started_at_s", 0.0)),
             profile_key=data.get("profile_key"),
+            shared_memory=data.get("shared_memory"),
         )
 
 

@@ -45,6 +45,14 @@ def wire_dtype(name: str) -> np.dtype[Any]:
 
 
 def encode(header: Mapping[str, Any], tensors: Mapping[str, Array] | None = None) -> bytes:
+    return b"".join(encode_parts(header, tensors))
+
+
+def encode_parts(
+    header: Mapping[str, Any], tensors: Mapping[str, Array] | None = None
+) -> list[bytes | memoryview]:
+    """The frame as the pieces `encode` joins: a writer that takes a list (os.writev) skips
+    the copy into one buffer."""
     metas = []
     chunks: list[bytes | memoryview] = []
     for name, array in (tensors or {}).items():
@@ -63,7 +71,7 @@ def encode(header: Mapping[str, Any], tensors: Mapping[str, Array] | None = None
         if contiguous.size:  # memoryview cannot cast a view with a zero in its shape
             chunks.append(contiguous.reshape(-1).data.cast("B"))
     head = orjson.dumps({**header, "tensors": metas})
-    return b"".join([_HEADER_LEN.pack(len(head)), head, *chunks])
+    return [_HEADER_LEN.pack(len(head)), head, *chunks]
 
 
 def decode(body: bytes | bytearray | memoryview) -> Frame:

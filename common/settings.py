@@ -134,6 +134,11 @@ class RouterSettings(CommonSettings):
         "503 at once instead of waiting in the socket backlog",
     )
     agent_connections: int = Field(default=256, ge=1, description="pooled connections per agent")
+    shared_memory: bool = Field(
+        default=True,
+        description="send batches of 64 KiB and more to agents that share this host's /dev/shm "
+        "through it, not over HTTP (false: always over HTTP)",
+    )
     reconcile_interval_s: float = Field(
         default=1.0, gt=0, description="how often the router checks agents and the placement"
     )

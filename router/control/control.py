@@ -207,6 +207,7 @@ class Controller:
         if stored is None and self.target.version > 0:
             self._store_reset()
         self.agents = self._with_vanished(await self.store.agents())
+        self.client.know_agents(self.agents)
         if stored is not None and stored.version != self.target.version:
             await self._adopt(stored)
         leading = self.leading if lead is None else lead

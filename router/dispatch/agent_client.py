@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from common import frames
+from common import frames, shared_memory
+from common.cluster import AgentInfo
 from common.errors import BackendFailed, DeadlinePassed, GpuletError, Unavailable, from_code
 from common.placement import GpuletSpec
 
@@ -22,10 +23,34 @@ CONTROL_TIMEOUT_S = 5.0
 
 
 class AgentClient:
-    def __init__(self, connections: int, retry_after_s: float = 1.0) -> None:
+    def __init__(
+        self, connections: int, retry_after_s: float = 1.0, via_shared_memory: bool = True
+    ) -> None:
         self.retry_after_s = retry_after_s
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._via_shared_memory = via_shared_memory
+        self._shares: dict[str, bool] = {}  # agent URL -> sees that agent's /dev/shm probe
+        self._probes: dict[str, str | None] = {}  # agent URL -> the probe last checked
+        self._slots = shared_memory.BatchSlots()
+        self.batches_by_transport = {"shared_memory": 0, "http": 0}
+
+    def know_agents(self, agents: Sequence[AgentInfo]) -> None:
+        """Note which agents share this host's /dev/shm (checked once per probe)."""
+        for agent in agents:
+            if self._probes.get(agent.url, "") != agent.shared_memory:
+                self._probes[agent.url] = agent.shared_memory
+                probe = agent.shared_memory
+                shares = probe is not None and shared_memory.sees_probe(probe)
+                self._shares[agent.url] = self._via_shared_memory and shares
+
+    def _share(self, agent_url: str, tensors: dict[str, frames.Array]) -> str | None:
+        """The batch written to /dev/shm, its name; None to send it inline."""
+        if not self._shares.get(agent_url):
+            return None
+        if sum(a.nbytes for a in tensors.values()) < shared_memory.MIN_SHARED_BYTES:
+            return None
+        return self._slots.write(tensors)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -38,6 +63,7 @@ class AgentClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._slots.close()
 
     async def run(
         self,
@@ -48,16 +74,23 @@ class AgentClient:
         timeout_s: float,
         request_id: str,
     ) -> frames.Frame:
-        body = frames.encode(
-            {"model": model, "timeout_ms": timeout_s * 1000, "request_id": request_id}, tensors
-        )
+        header: dict[str, object] = {
+            "model": model, "timeout_ms": timeout_s * 1000, "request_id": request_id,
+        }  # fmt: skip
+        shared = self._share(agent_url, tensors)
+        if shared is not None:
+            header["shared"] = shared
+        self.batches_by_transport["http" if shared is None else "shared_memory"] += 1
+        body = frames.encode(header, tensors if shared is None else None)
         url = f"{agent_url}/v1/gpulets/{gpulet_id}/run"
+        answered = False
         try:
             async with (
                 asyncio.timeout(timeout_s),
                 self.session.post(url, data=body) as response,
             ):
                 payload = await response.read()
+                answered = True
                 if response.status != 200:
                     raise _error_from(response.status, payload, agent_url)
                 return frames.decode(payload)
@@ -78,6 +111,9 @@ class AgentClient:
             ) from exc
         except frames.FrameError as exc:
             raise BackendFailed(f"agent at {agent_url} sent a bad frame: {exc}") from exc
+        finally:
+            if shared is not None:
+                self._slots.release(shared, answered=answered)
 
     async def set_gpulets(
         self,

@@ -125,7 +125,9 @@ def create_app(
     files = [f for model in start for f in model.files]
     models = served_models(settings, files)
     failures = FailureLog(logger)
-    client = client or AgentClient(settings.agent_connections, settings.retry_after_s)
+    client = client or AgentClient(
+        settings.agent_connections, settings.retry_after_s, settings.shared_memory
+    )
     arrivals = RateMonitor()
     router_id = settings.router_id or default_router_id(settings)
     membership = Membership(store, router_id, _url(settings))

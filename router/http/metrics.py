@@ -77,6 +77,8 @@ FAMILIES = {
     "gpulet_placement_version": "Version of the placement the router works to",
     "gpulet_placement_switching": "1 while models move to a new placement's gpu-lets",
     "gpulet_agents_up": "Agents with a live heartbeat, as the control loop last read them",
+    "gpulet_agent_batches_total": "Batches sent to agents, by how their tensors went: "
+    "shared_memory (/dev/shm on this host, GPULET_SHARED_MEMORY) or http",
     # the router's own door (GPULET_ROUTER_BACKLOG_S)
     "gpulet_router_in_flight_requests": "Inference requests the router holds now, from arrival "
     "to answer",
@@ -304,6 +306,10 @@ class ClusterCollector:
             family = _family(GaugeMetricFamily, name)
             family.add_metric((), value)
             yield family
+        batches = _family(CounterMetricFamily, "gpulet_agent_batches_total", "transport")
+        for transport, count in controller.client.batches_by_transport.items():
+            batches.add_metric((transport,), count)
+        yield batches
 
 
     def _door(self) -> Iterator[Metric]:

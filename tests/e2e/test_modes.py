@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,29 @@ def test_serving_cpu_ms_is_charged_against_the_shared_cores(
     assert free["peak_rps"] > 160
     assert charged["peak_rps"] <= 160
     assert any("serving CPU" in line for line in charged["plan"]["explanation"])
+
+
+def batches_by_transport(url: str) -> dict[str, float]:
+    text = http.request("GET", f"{url}/metrics").body
+    assert isinstance(text, str)
+    found = re.findall(r'^gpulet_agent_batches_total\{transport="(\w+)"\} (\S+)$', text, re.M)
+    return {transport: float(count) for transport, count in found}
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_shared_memory_carries_large_batches_unless_turned_off(
+    redis_url: str, model_dir: Path, setting: str
+) -> None:
+    models = ("noop", "mobilenet_v2")  # a 64 B and a 602 KB input
+    for system in running(redis_url, model_dir, models=models,
+                          router_env={"GPULET_SHARED_MEMORY": setting}):  # fmt: skip
+        before = batches_by_transport(system.url)
+        assert_serves_correct_outputs(system.url, model_dir, models)
+        after = batches_by_transport(system.url)
+        sent = {t: after.get(t, 0.0) - before.get(t, 0.0) for t in ("shared_memory", "http")}
+        # Every mobilenet_v2 batch through /dev/shm when on (a batch may hold several of its
+        # requests), none when off; noop's, small, always inline.
+        if setting == "true":
+            assert 1 <= sent["shared_memory"] <= REQUESTS and sent["http"] >= 1
+        else:
+            assert sent["shared_memory"] == 0 and sent["http"] >= 2

@@ -21,6 +21,7 @@ from common.errors import BackendFailed, DeadlinePassed, Unavailable
 from common.modelzoo.cache import onnx_path
 from common.placement import GpuletModel, GpuletSpec
 from common.settings import AgentSettings
+from common.shared_memory import BatchSlots
 
 pytestmark = pytest.mark.timeout(120)
 CORE = min(os.sched_getaffinity(0))
@@ -188,3 +189,27 @@ async def test_a_model_whose_file_changed_restarts_its_worker_in_place(
     restarted = supervisor.slots["g1"]
     await ready(restarted)
     assert restarted.process is not first and restarted.fingerprints["noop"].endswith("-v2")
+
+
+async def test_a_batch_in_shared_memory_is_read_by_the_worker(
+    supervisor: Supervisor, model_dir: Path
+) -> None:
+    await supervisor.apply([spec("g1", "mobilenet_v2")])
+    await ready(supervisor.slots["g1"])
+    inputs = {"input": np.random.default_rng(3).standard_normal((2, 3, 224, 224), np.float32)}
+    slots = BatchSlots()
+    try:
+        name = slots.write(inputs)
+        assert name is not None
+        reply = await supervisor.run("g1", "mobilenet_v2", {}, time.monotonic() + LONG_S, name)
+        (got,) = reply.tensors.values()
+        np.testing.assert_allclose(got, in_process(model_dir, "mobilenet_v2", inputs)[0],
+                                   rtol=0, atol=1e-5)  # fmt: skip
+        # A batch whose file is gone (its router gave up) fails that batch, not the worker.
+        slots.release(name, answered=False)
+        with pytest.raises(BackendFailed, match="gone"):
+            await supervisor.run("g1", "mobilenet_v2", {}, time.monotonic() + LONG_S, name)
+        reply = await supervisor.run("g1", "mobilenet_v2", inputs, time.monotonic() + LONG_S)
+        assert reply.tensors
+    finally:
+        slots.close()

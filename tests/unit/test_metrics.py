@@ -18,6 +18,7 @@ from common.errors import Unavailable
 from common.placement import GpuletModel, GpuletSpec, Placement
 from router.control.control import Controller, ReplanEvent
 from router.control.rates import EWMA_WEIGHT, RateMonitor
+from router.dispatch.agent_client import AgentClient
 from router.dispatch.batching import GpuletPlanView, ModelTurn
 from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.routing import build_table
@@ -67,7 +68,8 @@ class Router:
 @pytest.fixture
 async def router() -> AsyncIterator[Router]:
     clock, client, observed, arrivals = Clock(), HeldClient(), DispatchMetrics(), RateMonitor()
-    controller = Controller(None, None, {"m": SLO_MS, "n": 100.0}, 1.0)  # type: ignore[arg-type]
+    controller = Controller(None, AgentClient(4), {"m": SLO_MS, "n": 100.0},  # type: ignore[arg-type]
+                            1.0)  # fmt: skip
     controller.target = Placement(3, (M_ON_G1, N_ON_G2))
     controller.agents = [AgentInfo("a", "http://agent", "host", 1,
                                    (DeviceInfo("sim0", "simulated", ()),), 0.0)]  # fmt: skip
