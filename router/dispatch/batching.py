@@ -250,7 +250,7 @@ def admission_finish(
     if own is None:
         return NOT_SERVED
     estimate = own.learned
-    per_batch_ms = estimate.compute.fixed_ms + estimate.hop.fixed_ms
+    per_batch_ms = estimate.per_batch_ms()
     if idle and work_conserving:
         own_ms = own.latency_ms_of(request.items)
         return Prediction(now_ms + own_ms, own_ms=own_ms, own_items=request.items,

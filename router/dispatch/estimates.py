@@ -122,6 +122,14 @@ class Estimate:
         """Sent to an idle gpu-let, answered this long after."""
         return self.hop_ms(items) + self.compute_ms(items)
 
+    def per_batch_ms(self) -> float:
+        """What a batch costs beyond its items: L(1) - (L(2) - L(1)), at least 0. Not the
+        lines' fixed parts: compute's is over the prior, not over items, and goes negative
+        when the profile's own fixed part is larger than the worker's (a refusal once read
+        "per batch -78.4 ms" for a model it predicted right)."""
+        one, two = self.latency_ms(1), self.latency_ms(2)
+        return max(0.0, 2.0 * one - two)
+
     def factor(self, items: int) -> float | None:
         """Learned compute ÷ prior at `items` (None without a prior to compare with)."""
         prior = _prior_at(self.prior_ms, items)
@@ -131,7 +139,7 @@ class Estimate:
         factor = self.factor(items)
         return {
             "latency_ms": round(self.latency_ms(items), 3),
-            "per_batch_ms": round(self.compute.fixed_ms + self.hop.fixed_ms, 3),
+            "per_batch_ms": round(self.per_batch_ms(), 3),
             "compute_ms": round(self.compute_ms(items), 3),
             "hop_ms": round(self.hop_ms(items), 3),
             "profile_ms": round(_prior_at(self.prior_ms, items), 3) if self.prior_ms else None,

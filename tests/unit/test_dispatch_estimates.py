@@ -101,3 +101,26 @@ def test_one_models_samples_never_move_another_models_estimate() -> None:
     for i in range(1_000):
         tiny.record(1, 0.5, 1.0, now_ms=float(i))
     assert large.refresh(1_000.0).latency_ms(1) == pytest.approx(before.latency_ms(1))
+
+
+def test_the_per_batch_cost_is_over_items_and_never_negative() -> None:
+    # The worker lacks the profile's 20 ms fixed part: it takes 10 ms an item. The compute line
+    # over the prior has a fixed part of about -20 ms, yet it predicts right; what is reported
+    # as the cost of a batch is the hop's fixed 0.5 ms, not -19.5 ms.
+    learner = Learner(LARGE, 8)
+    for i in range(200):
+        items = 1 + i % 8
+        learner.record(items, 10.0 * items, 10.0 * items + 0.5, now_ms=float(i))
+    estimate = learner.estimate
+    assert estimate.compute.fixed_ms < -15.0
+    for items in (1, 4, 8):
+        assert estimate.latency_ms(items) == pytest.approx(10.0 * items + 0.5, rel=0.1)
+    assert estimate.per_batch_ms() == pytest.approx(0.5, abs=1.0)  # the prior pulls a little
+    assert estimate.to_json(4)["per_batch_ms"] == pytest.approx(estimate.per_batch_ms(), abs=1e-3)
+    # A real fixed part is reported as one: 20 ms profiled + 3 ms more measured + 0.5 ms hop.
+    fixed = Learner(LARGE, 8)
+    for i in range(200):
+        items = 1 + i % 8
+        compute = 3.0 + LARGE[items - 1]
+        fixed.record(items, compute, compute + 0.5, now_ms=float(i))
+    assert fixed.estimate.per_batch_ms() == pytest.approx(23.5, rel=0.05)
