@@ -34,9 +34,12 @@ from router.scheduling.schedulers import plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
 # Router + agent CPU per request, whatever it carries: HTTP, the dispatcher, the agent hop.
-SERVING_FIXED_MS = 1.4
-# ... and per MB of request body (base64 parse and decode, frames, the copies to the worker).
-SERVING_MS_PER_MB = 4.7
+# benchmarks/serving_cpu.py, 3 runs: fixed 0.79-0.86 ms, 2.44-2.68 ms per MB (medians 0.81,
+# 2.45); 1.43 and 4.72 before batches went through /dev/shm and the agent froze its start-up
+# objects.
+SERVING_FIXED_MS = 0.8
+# ... and per MB of request body (base64 parse and decode, the frame the worker reads).
+SERVING_MS_PER_MB = 2.5
 # Serving may take at most this share of the shared cores: past it, the workers' tails grow
 # without bound (processor sharing at utilisation near 1).
 MAX_SERVING_SHARE = 0.8
