@@ -133,9 +133,9 @@ async def run_batch(request: web.Request) -> web.Response:
         message = frames.decode(await request.read())
         timeout_ms = float(message.header["timeout_ms"])
         model = str(message.header["model"])
-        shared = message.header.get("shared")
+        shared = message.header.get("shm_batch")
         if shared is not None and not isinstance(shared, str):
-            raise TypeError(f"'shared' must name a batch, not {shared!r}")
+            raise TypeError(f"'shm_batch' must name a batch, not {shared!r}")
     except (frames.FrameError, KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"bad batch frame: {exc}") from exc
     reply = await state.supervisor.run(

@@ -298,7 +298,7 @@ class WorkerSlot:
             "op": "run", "model": model, "deadline_monotonic_s": deadline_monotonic_s,
         }  # fmt: skip
         if shared is not None:  # the worker reads the batch itself
-            header["shared"] = shared
+            header["shm_batch"] = shared
         reply = await self._call(header, tensors, deadline_monotonic_s - time.monotonic())
         if reply.header.get("op") == "error":
             raise error_from_code(

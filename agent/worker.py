@@ -192,7 +192,7 @@ class ModelRunner:
             return _error(request_id, "deadline_exceeded", "deadline passed before the batch ran")
         started = time.perf_counter()
         try:
-            shared = header.get("shared")
+            shared = header.get("shm_batch")
             inputs = message.tensors if shared is None else read_batch(str(shared))
         except SharedBatchError as exc:
             return _error(request_id, "backend_failed", str(exc))

@@ -79,7 +79,7 @@ class AgentClient:
         }  # fmt: skip
         shared = self._share(agent_url, tensors)
         if shared is not None:
-            header["shared"] = shared
+            header["shm_batch"] = shared
         self.batches_by_transport["http" if shared is None else "shared_memory"] += 1
         body = frames.encode(header, tensors if shared is None else None)
         url = f"{agent_url}/v1/gpulets/{gpulet_id}/run"
