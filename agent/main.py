@@ -115,6 +115,8 @@ async def serve(settings: AgentSettings, *, stop: asyncio.Event | None = None) -
         supervisor.model_files = files
     runner: web.AppRunner | None = None
     probe = shared_memory.create_probe() if isinstance(supervisor, Supervisor) else None
+    if probe is not None and (swept := shared_memory.sweep_orphans()):
+        logger.info("removed %d /dev/shm files of processes gone", swept)
     beat: asyncio.Task[None] | None = None
     profiling: asyncio.Task[None] | None = None
     try:

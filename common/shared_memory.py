@@ -13,9 +13,11 @@ not find it, and sends the bytes inline as before.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import struct
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,8 @@ BATCH_PREFIX = "gpulet-batch-"
 PROBE_PREFIX = "gpulet-probe-"
 # Below this a batch's bytes cost less inline than a file's create, write, read and unlink.
 MIN_SHARED_BYTES = 64 * 1024
+# A file this old and unlocked was left by a process that died (sweep_orphans).
+ORPHAN_AGE_S = 60.0
 _NAME = re.compile(r"^gpulet-(batch|probe)-[0-9a-f]{32}$")
 _LENGTH = struct.Struct("<Q")  # a slot holds u64 length | frame, and maybe an older frame's tail
 
@@ -41,14 +45,65 @@ def _path(name: str) -> Path:
     return SHM_DIR / name
 
 
+def _create_locked(name: str) -> int:
+    """A new file under /dev/shm, open, with an exclusive lock its owner holds until it closes
+    it or dies: the lock, not a pid (pids repeat across containers), tells an orphan."""
+    fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        _drop(name, fd)
+        raise
+    return fd
+
+
+_held_probes: dict[str, int] = {}  # probe name -> its locked descriptor, while it stands
+
+
 def create_probe() -> str | None:
     """A probe file's name (its content is the name too); None where /dev/shm is not usable."""
     name = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
-        _path(name).write_text(name)
+        fd = _create_locked(name)
     except OSError:
         return None
+    try:
+        os.write(fd, name.encode())
+    except OSError:
+        _drop(name, fd)
+        return None
+    _held_probes[name] = fd
     return name
+
+
+def sweep_orphans(min_age_s: float = ORPHAN_AGE_S) -> int:
+    """Remove slots and probes whose owner died without removing them (a SIGKILL): no process
+    holds their lock. Files younger than `min_age_s` are left, as one just created may not be
+    locked yet. Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(SHM_DIR.glob("gpulet-*"))
+    except OSError:
+        return 0
+    for path in entries:
+        if not _NAME.match(path.name):
+            continue
+        try:
+            if time.time() - path.stat().st_mtime < min_age_s:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner lives
+        finally:
+            os.close(fd)  # also drops our lock, if we took it
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def sees_probe(name: str) -> bool:
@@ -80,7 +135,7 @@ class BatchSlots:
         else:
             name = f"{BATCH_PREFIX}{uuid.uuid4().hex}"
             try:
-                fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = _create_locked(name)
             except OSError:
                 return None
         parts = frames.encode_parts({}, tensors)
@@ -141,4 +196,8 @@ def remove_batch(name: str) -> None:
 
 
 def remove_probe(name: str) -> None:
+    fd = _held_probes.pop(name, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     remove_batch(name)

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common import shared_memory
 from common.errors import BadRequest, GpuletError, Unavailable
 from common.models import ModelSpec, spec_for
 from common.repository.layout import ModelFile
@@ -185,6 +186,8 @@ def create_app(
             # Routes to the gpu-lets already running (a restarted or added router) before it
             # listens: its first requests find them instead of a 503.
             await controller.step(lead=False)
+        if settings.shared_memory and (swept := shared_memory.sweep_orphans()):
+            logger.info("removed %d /dev/shm batch files of processes gone", swept)
         tasks = [asyncio.create_task(membership.run_forever(), name="membership"),
                  asyncio.create_task(controller.run_forever(), name="control-loop")]  # fmt: skip
         logger.info("router up id=%s models=%s", router_id, ",".join(models))

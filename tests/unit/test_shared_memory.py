@@ -3,6 +3,8 @@ removed when given up; the probe that tells a router it shares an agent's /dev/s
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -125,3 +127,47 @@ def test_a_router_shares_memory_only_with_agents_whose_probe_it_sees() -> None:
     finally:
         shared_memory.remove_probe(probe)
         client._slots.close()
+
+
+LEAVE = """
+import sys
+from common import shared_memory
+from common.shared_memory import BatchSlots
+import numpy as np
+slots = BatchSlots()
+print(slots.write({"x": np.zeros((4, 4), np.float32)}), shared_memory.create_probe(), flush=True)
+sys.stdin.read()  # held until the test kills it
+"""
+
+
+def test_a_sweep_removes_only_files_no_live_process_holds() -> None:
+    mine, probe = BatchSlots(), shared_memory.create_probe()
+    try:
+        # A child makes a slot and a probe and is killed before it can remove them (SIGKILL).
+        with subprocess.Popen([sys.executable, "-c", LEAVE], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) as child:  # fmt: skip
+            assert child.stdout is not None
+            orphans = child.stdout.readline().split()
+            assert len(orphans) == 2
+            # While it lives, its files are not swept, however old.
+            assert all(n not in swept_now() for n in orphans)
+            child.kill()
+        assert all((SHM_DIR / n).exists() for n in orphans)
+        held = mine.write(batch(1))
+        # A young file is left (its maker may not hold its lock yet); an old one goes.
+        assert all(n not in swept_now(min_age_s=3600) for n in orphans)
+        gone = swept_now()
+        assert set(orphans) <= gone and not (SHM_DIR / orphans[0]).exists()
+        # This process's own slot and probe stay: it holds their locks.
+        assert held is not None and probe is not None
+        assert held not in gone and probe not in gone and shared_memory.sees_probe(probe)
+    finally:
+        mine.close()
+        if probe is not None:
+            shared_memory.remove_probe(probe)
+
+
+def swept_now(min_age_s: float = 0.0) -> set[str]:
+    before = {p.name for p in SHM_DIR.glob("gpulet-*")}
+    shared_memory.sweep_orphans(min_age_s=min_age_s)
+    return before - {p.name for p in SHM_DIR.glob("gpulet-*")}
