@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -64,6 +65,8 @@ class WorkerSlot:
         self.engine: str | None = None  # as the ready worker reported them
         self.gpu_memory_bytes = 0
         self.fingerprints: dict[str, str] = {}  # what each model was when its worker started
+        self.direct_socket: str | None = None  # the ready worker's own socket (routers' path)
+        self._direct_path = ""  # where its worker was told to make it
 
     # status -------------------------------------------------------------------------------
     def status(self) -> GpuletStatus:
@@ -78,6 +81,7 @@ class WorkerSlot:
             error=self.error,
             engine=self.engine,
             gpu_memory_bytes=self.gpu_memory_bytes,
+            direct_socket=self.direct_socket if self.state == "ready" else None,
         )
 
     def _set_state(self, state: GpuletState, error: str | None) -> None:
@@ -146,7 +150,9 @@ class WorkerSlot:
             env=setup.env,
             gpu_engine=setup.gpu_engine,
             specs=tuple(local[m].spec for m in names),
+            direct_socket=self.sup.direct_socket_path(),
         )
+        self._direct_path = config.direct_socket
         # A GPU engine may need no ONNX file (torch); the worker says what it lacks.
         missing = _missing_files(config.model_paths) if setup.gpu_engine is None else []
         if missing:
@@ -181,6 +187,8 @@ class WorkerSlot:
             return False
         self.engine = first.header.get("engine")
         self.gpu_memory_bytes = int(first.header.get("gpu_memory_bytes", 0))
+        direct = first.header.get("direct_socket")
+        self.direct_socket = direct if isinstance(direct, str) else None
         self._set_state("ready", None)
         self.ready.set()
         logger.info(
@@ -257,6 +265,9 @@ class WorkerSlot:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self._direct_path:  # a router connecting now falls back to the agent
+            _remove(self._direct_path)
+        self.direct_socket = None
         if self.process is not None:
             await stop_worker(self.process, self.sup.settings.worker_stop_timeout_s)
             logger.info(
@@ -368,12 +379,18 @@ class Supervisor:
         self.mp = multiprocessing.get_context("spawn")
         self._tmp = tempfile.TemporaryDirectory(prefix="gpulet-agent-")
         self.socket_path = Path(self._tmp.name) / SOCKET_NAME
+        self._direct_sockets = itertools.count(1)
         self.slots: dict[str, WorkerSlot] = {}
         self._server: asyncio.Server | None = None
         self._apply_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path))
+
+    def direct_socket_path(self) -> str:
+        """A fresh path for a worker's own socket: a restarted worker never takes its
+        predecessor's, so a router cannot mistake one for the other."""
+        return str(Path(self._tmp.name) / f"w{next(self._direct_sockets)}.sock")
 
     async def models_of(self, names: Sequence[str]) -> Mapping[str, LocalModel]:
         if self.model_files is not None:
@@ -455,6 +472,11 @@ class Supervisor:
             self._server.close()
             await self._server.wait_closed()
         self._tmp.cleanup()
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _missing_files(paths: Sequence[str]) -> list[str]:

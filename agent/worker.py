@@ -3,14 +3,17 @@
 Start-up order matters: the partition limits (the environment that binds a GPU gpulet to its
 GPU, MIG instance or MPS share, then CPU affinity) are applied before onnxruntime or torch is
 imported, so CUDA reads them when it initialises and ORT's thread pool starts inside the core
-set. Then the worker connects to its agent's unix socket, loads and warms up its models, says
-"ready", and serves one message at a time: `run` (a batch, raw tensors), `ping`, `stop`.
+set. Then the worker connects to its agent's unix socket, loads and warms up its models, opens
+its own socket for routers on this host (batches sent there skip the agent's hop), says "ready",
+and serves one message at a time from either: `run` (a batch, raw tensors), `ping`; `stop` and
+the agent's socket closing end it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -30,6 +33,9 @@ from common.stream import StreamClosed, recv_message, send_message
 logger = logging.getLogger(__name__)
 
 WARMUP_RUNS = 2
+# A router that stops reading (or sends half a frame) for this long loses its connection, so
+# it cannot stall the gpulet's other callers.
+DIRECT_IO_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class WorkerConfig:
     gpu_engine: str | None = None
     # The models' signatures, in `models` order; empty: the catalog's (zoo models).
     specs: tuple[ModelSpec, ...] = ()
+    # Where to listen for routers' batches once ready; "": the agent's socket only.
+    direct_socket: str = ""
 
     def spec_of(self, name: str) -> ModelSpec:
         for spec in self.specs:
@@ -83,33 +91,97 @@ def worker_main(config: WorkerConfig) -> None:
         logger.exception("worker load failed gpulet=%s", config.gpulet_id)
         send_message(sock, frames.encode({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         sys.exit(1)
+    listener = listen_direct(config.direct_socket)
     ready = {"op": "ready", "load_ms": runner.load_ms, "engine": runner.engine,
-             "gpu_memory_bytes": runner.gpu_memory_bytes}  # fmt: skip
+             "gpu_memory_bytes": runner.gpu_memory_bytes,
+             "direct_socket": config.direct_socket if listener is not None else None}  # fmt: skip
     send_message(sock, frames.encode(ready))
     logger.info(
         "worker ready gpulet=%s models=%s cores=%s engine=%s load_ms=%.0f",
         config.gpulet_id, ",".join(config.models), config.cores, runner.engine, runner.load_ms,
     )  # fmt: skip
     try:
-        serve(sock, runner)
+        serve(sock, runner, listener, frames.encode(hello))
     except StreamClosed:
         logger.info("agent closed the socket; worker exits gpulet=%s", config.gpulet_id)
     finally:
         sock.close()
+        if listener is not None:
+            listener.close()
 
 
-def serve(sock: socket.socket, runner: ModelRunner) -> None:
+def listen_direct(path: str) -> socket.socket | None:
+    """The worker's own socket for routers; None when not asked for or it cannot be made (the
+    agent's path still serves)."""
+    if not path:
+        return None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(16)
+    except OSError as exc:
+        logger.warning("no direct socket at %s (%s); batches come through the agent", path, exc)
+        listener.close()
+        return None
+    return listener
+
+
+def serve(
+    agent: socket.socket,
+    runner: ModelRunner,
+    listener: socket.socket | None = None,
+    hello: bytes = b"",
+) -> None:
+    """Answer messages from the agent and from routers connected to `listener`, one at a time,
+    each on the socket it came in on, until the agent says stop or goes away. A router's
+    connection failing closes that connection only."""
+    selector = selectors.DefaultSelector()
+    selector.register(agent, selectors.EVENT_READ)
+    if listener is not None:
+        selector.register(listener, selectors.EVENT_READ)
     while True:
-        message = frames.decode(recv_message(sock))
-        op = message.header.get("op")
-        if op == "run":
-            send_message(sock, runner.handle_run(message))
-        elif op == "ping":
-            send_message(sock, frames.encode({"op": "pong", "id": message.header.get("id")}))
-        elif op == "stop":
-            return
-        else:
-            logger.warning("unknown op %r ignored", op)
+        for key, _ in selector.select():
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is listener:
+                _accept(listener, selector, hello)
+                continue
+            try:
+                message = frames.decode(recv_message(sock))
+                reply = _answer(runner, message)
+                if reply is None and sock is agent:
+                    return  # "stop": the agent's word only
+                if reply:
+                    send_message(sock, reply)
+            except (OSError, frames.FrameError):
+                if sock is agent:
+                    raise StreamClosed("the agent's socket failed") from None
+                selector.unregister(sock)
+                sock.close()
+
+
+def _accept(listener: socket.socket, selector: selectors.BaseSelector, hello: bytes) -> None:
+    conn, _ = listener.accept()
+    conn.settimeout(DIRECT_IO_TIMEOUT_S)
+    try:
+        send_message(conn, hello)  # the router checks it reached the gpulet it meant
+    except OSError:
+        conn.close()
+        return
+    selector.register(conn, selectors.EVENT_READ)
+
+
+def _answer(runner: ModelRunner, message: frames.Frame) -> bytes | None:
+    """The reply to one message; b"" for none; None to stop."""
+    op = message.header.get("op")
+    if op == "run":
+        return runner.handle_run(message)
+    if op == "ping":
+        return frames.encode({"op": "pong", "id": message.header.get("id")})
+    if op == "stop":
+        return None
+    logger.warning("unknown op %r ignored", op)
+    return b""
 
 
 def load_runner(config: WorkerConfig) -> ModelRunner:

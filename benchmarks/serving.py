@@ -1,10 +1,12 @@
 """Serving cost in the default mode, against in-process ONNX Runtime on the same cores.
 
-Run: `python benchmarks/serving.py [--repeats 3] [--modes default,duty-cycle] [--json out.json]`.
+Run: `python benchmarks/serving.py [--repeats 3] [--modes default,duty-cycle,via-agent]
+[--json out.json]`.
 
 Per repeat and mode, a fresh `gpulet up --models noop,resnet18 --no-build` (the default plan a
 user gets; `duty-cycle` adds GPULET_BATCHING=duty-cycle, the rule before work-conserving
-dispatch), then:
+dispatch; `via-agent` adds GPULET_DIRECT_TO_WORKERS=false, every batch through the agent's
+HTTP hop as before the direct path), then:
   1. closed loop at 1, 8 and 64 clients (aiohttp, this process), POST /v1/infer batch 1 with an
      SLO both paths meet (SLO_MS): noop as nested lists, resnet18 as base64;
   2. noop with wrk (if installed) for WRK_S each: 64 connections (req/s) and 1 connection
@@ -53,7 +55,11 @@ FLOOD_CLIENTS = 1000
 FLOOD_SLO_MS = 1000.0
 FLOOD_S = 15.0
 FAST_REFUSAL_MS = 50.0
-MODES: dict[str, dict[str, str]] = {"default": {}, "duty-cycle": {"GPULET_BATCHING": "duty-cycle"}}
+MODES: dict[str, dict[str, str]] = {
+    "default": {},
+    "duty-cycle": {"GPULET_BATCHING": "duty-cycle"},
+    "via-agent": {"GPULET_DIRECT_TO_WORKERS": "false"},  # every batch through the agent's hop
+}
 NOOP_ADDED_P50_GOAL_MS = 1.0
 RESNET18_P50_GOAL = 1.1  # x (in-process + body decode)
 NOOP_C64_BEFORE_RPS = 2415.0  # the issue's wrk figure for the code before this change

@@ -147,6 +147,9 @@ class GpuletStatus:
     error: str | None = None
     engine: str | None = None  # what runs its models, once its worker is ready
     gpu_memory_bytes: int = 0  # GPU memory its worker holds after warm-up (0: none or unknown)
+    # The ready worker's own unix socket: a router on this host sends it batches there, past
+    # the agent; None: only through the agent.
+    direct_socket: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +163,7 @@ class GpuletStatus:
             "error": self.error,
             "engine": self.engine,
             "gpu_memory_bytes": self.gpu_memory_bytes,
+            "direct_socket": self.direct_socket,
         }
 
     @classmethod
@@ -175,4 +179,5 @@ class GpuletStatus:
             error=data.get("error"),
             engine=data.get("engine"),
             gpu_memory_bytes=int(data.get("gpu_memory_bytes", 0)),
+            direct_socket=data.get("direct_socket"),
         )

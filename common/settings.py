@@ -139,6 +139,11 @@ class RouterSettings(CommonSettings):
         description="send batches of 64 KiB and more to agents that share this host's /dev/shm "
         "through it, not over HTTP (false: always over HTTP)",
     )
+    direct_to_workers: bool = Field(
+        default=True,
+        description="send batches for workers on this host to their own unix sockets, past "
+        "the agent's HTTP hop (false: always through the agent)",
+    )
     reconcile_interval_s: float = Field(
         default=1.0, gt=0, description="how often the router checks agents and the placement"
     )

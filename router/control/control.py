@@ -481,16 +481,14 @@ class Controller:
         desired = placement.for_agent(agent.agent_id)
         try:
             report = await self.client.gpulets(agent.url)
-            if not reconcile:
-                return {g["gpulet_id"] for g in report.get("gpulets", [])
-                        if g.get("state") == "ready"}  # fmt: skip
             reported = {str(g["gpulet_id"]) for g in report.get("gpulets", [])}
             wanted = {g.gpulet_id for g in desired}
             keep = sorted(i for i in reported & draining if i not in wanted)
-            if int(report.get("version", 0)) != placement.version or \
-                    reported != wanted | set(keep):  # fmt: skip
+            if reconcile and (int(report.get("version", 0)) != placement.version or
+                              reported != wanted | set(keep)):  # fmt: skip
                 report = await self.client.set_gpulets(agent.url, placement.version, desired, keep)
         except GpuletError as exc:
             logger.warning("agent=%s unreachable: %s", agent.agent_id, exc.message)
             return set()
+        self.client.know_gpulets(agent.url, report.get("gpulets", []))
         return {g["gpulet_id"] for g in report.get("gpulets", []) if g.get("state") == "ready"}

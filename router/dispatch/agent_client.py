@@ -1,14 +1,15 @@
 """The router's client for agents: run a batch, set desired gpulets, read gpulet state.
 
-One pooled aiohttp session for all agents (httpx measured 4-10x slower at 8-64 concurrent
-requests on this machine class: machine-notes section 6). aiohttp's exceptions are translated
-into our error tree here and nowhere else.
+A batch for a worker on this host goes to the worker's own socket (`worker_link`), the rest
+over HTTP to its agent. One pooled aiohttp session for all agents (httpx measured 4-10x slower
+at 8-64 concurrent requests on this machine class: machine-notes section 6). aiohttp's
+exceptions are translated into our error tree here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -18,13 +19,18 @@ from common import frames, shared_memory
 from common.cluster import AgentInfo
 from common.errors import BackendFailed, DeadlinePassed, GpuletError, Unavailable, from_code
 from common.placement import GpuletSpec
+from router.dispatch.worker_link import NoDirectPath, WorkerLinks
 
 CONTROL_TIMEOUT_S = 5.0
 
 
 class AgentClient:
     def __init__(
-        self, connections: int, retry_after_s: float = 1.0, via_shared_memory: bool = True
+        self,
+        connections: int,
+        retry_after_s: float = 1.0,
+        via_shared_memory: bool = True,
+        direct_to_workers: bool = True,
     ) -> None:
         self.retry_after_s = retry_after_s
         self._connections = connections
@@ -33,7 +39,12 @@ class AgentClient:
         self._shares: dict[str, bool] = {}  # agent URL -> sees that agent's /dev/shm probe
         self._probes: dict[str, str | None] = {}  # agent URL -> the probe last checked
         self._slots = shared_memory.BatchSlots()
-        self.batches_by_transport = {"shared_memory": 0, "http": 0}
+        self._direct_to_workers = direct_to_workers
+        self._direct: dict[str, dict[str, str]] = {}  # agent URL -> gpulet id -> socket
+        self._links: WorkerLinks | None = None
+        # (path: "worker" direct or "agent" over HTTP, transport: "shared_memory" or "inline")
+        self.batches_sent = {(p, t): 0 for p in ("worker", "agent")
+                             for t in ("shared_memory", "inline")}  # fmt: skip
 
     def know_agents(self, agents: Sequence[AgentInfo]) -> None:
         """Note which agents share this host's /dev/shm (checked once per probe)."""
@@ -43,6 +54,19 @@ class AgentClient:
                 probe = agent.shared_memory
                 shares = probe is not None and shared_memory.sees_probe(probe)
                 self._shares[agent.url] = self._via_shared_memory and shares
+
+    def know_gpulets(self, agent_url: str, gpulets: Iterable[Mapping[str, Any]]) -> None:
+        """Note the own sockets of an agent's ready workers (from its gpulet report), so
+        batches for them go there; a gpulet not ready or not listed goes through the agent."""
+        if not self._direct_to_workers:
+            return
+        self._direct[agent_url] = {
+            str(g["gpulet_id"]): str(g["direct_socket"]) for g in gpulets
+            if g.get("state") == "ready" and isinstance(g.get("direct_socket"), str)
+        }  # fmt: skip
+        if self._links is None:
+            self._links = WorkerLinks()
+        self._links.know({g: p for paths in self._direct.values() for g, p in paths.items()})
 
     def _share(self, agent_url: str, tensors: dict[str, frames.Array]) -> str | None:
         """The batch written to /dev/shm, its name; None to send it inline."""
@@ -60,6 +84,9 @@ class AgentClient:
         return self._session
 
     async def close(self) -> None:
+        if self._links is not None:
+            await self._links.close()
+            self._links = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -74,23 +101,56 @@ class AgentClient:
         timeout_s: float,
         request_id: str,
     ) -> frames.Frame:
-        header: dict[str, object] = {
-            "model": model, "timeout_ms": timeout_s * 1000, "request_id": request_id,
-        }  # fmt: skip
         shared = self._share(agent_url, tensors)
+        extra: dict[str, object] = {"request_id": request_id}
         if shared is not None:
-            header["shm_batch"] = shared
-        self.batches_by_transport["http" if shared is None else "shared_memory"] += 1
-        body = frames.encode(header, tensors if shared is None else None)
-        url = f"{agent_url}/v1/gpulets/{gpulet_id}/run"
+            extra["shm_batch"] = shared
+        transport = "inline" if shared is None else "shared_memory"
         answered = False
+        try:
+            direct = self._direct.get(agent_url, {}).get(gpulet_id)
+            if direct is not None and self._links is not None and self._links.usable(direct):
+                try:
+                    reply = await self._links.run(
+                        direct, gpulet_id, model, tensors if shared is None else None, timeout_s,
+                        extra,
+                    )  # fmt: skip
+                    answered = True
+                    self.batches_sent["worker", transport] += 1
+                    return reply
+                except NoDirectPath:
+                    pass  # nothing was sent: the agent takes it
+            self.batches_sent["agent", transport] += 1
+            reply = await self._over_http(agent_url, gpulet_id, model, tensors, timeout_s, extra)
+            answered = True
+            return reply
+        except GpuletError as exc:
+            # Any answer means the batch was read or never will be; without one (a deadline, a
+            # dropped connection) a worker may still read it, so its slot is not reused.
+            answered = not isinstance(exc, (DeadlinePassed, BackendFailed))
+            raise
+        finally:
+            if shared is not None:
+                self._slots.release(shared, answered=answered)
+
+    async def _over_http(
+        self,
+        agent_url: str,
+        gpulet_id: str,
+        model: str,
+        tensors: dict[str, frames.Array],
+        timeout_s: float,
+        extra: dict[str, object],
+    ) -> frames.Frame:
+        header = {"model": model, "timeout_ms": timeout_s * 1000, **extra}
+        body = frames.encode(header, tensors if "shm_batch" not in extra else None)
+        url = f"{agent_url}/v1/gpulets/{gpulet_id}/run"
         try:
             async with (
                 asyncio.timeout(timeout_s),
                 self.session.post(url, data=body) as response,
             ):
                 payload = await response.read()
-                answered = True
                 if response.status != 200:
                     raise _error_from(response.status, payload, agent_url)
                 return frames.decode(payload)
@@ -111,9 +171,6 @@ class AgentClient:
             ) from exc
         except frames.FrameError as exc:
             raise BackendFailed(f"agent at {agent_url} sent a bad frame: {exc}") from exc
-        finally:
-            if shared is not None:
-                self._slots.release(shared, answered=answered)
 
     async def set_gpulets(
         self,

@@ -127,8 +127,9 @@ def create_app(
     models = served_models(settings, files)
     failures = FailureLog(logger)
     client = client or AgentClient(
-        settings.agent_connections, settings.retry_after_s, settings.shared_memory
-    )
+        settings.agent_connections, settings.retry_after_s, settings.shared_memory,
+        settings.direct_to_workers,
+    )  # fmt: skip
     arrivals = RateMonitor()
     router_id = settings.router_id or default_router_id(settings)
     membership = Membership(store, router_id, _url(settings))

@@ -77,8 +77,9 @@ FAMILIES = {
     "gpulet_placement_version": "Version of the placement the router works to",
     "gpulet_placement_switching": "1 while models move to a new placement's gpu-lets",
     "gpulet_agents_up": "Agents with a live heartbeat, as the control loop last read them",
-    "gpulet_agent_batches_total": "Batches sent to agents, by how their tensors went: "
-    "shared_memory (/dev/shm on this host, GPULET_SHARED_MEMORY) or http",
+    "gpulet_batches_sent_total": "Batches sent, by path: worker (its own socket on this host, "
+    "GPULET_DIRECT_TO_WORKERS) or agent (HTTP), and by how their tensors went: shared_memory "
+    "(/dev/shm on this host, GPULET_SHARED_MEMORY) or inline",
     # the router's own door (GPULET_ROUTER_BACKLOG_S)
     "gpulet_router_in_flight_requests": "Inference requests the router holds now, from arrival "
     "to answer",
@@ -306,9 +307,9 @@ class ClusterCollector:
             family = _family(GaugeMetricFamily, name)
             family.add_metric((), value)
             yield family
-        batches = _family(CounterMetricFamily, "gpulet_agent_batches_total", "transport")
-        for transport, count in controller.client.batches_by_transport.items():
-            batches.add_metric((transport,), count)
+        batches = _family(CounterMetricFamily, "gpulet_batches_sent_total", "path", "transport")
+        for (path, transport), count in controller.client.batches_sent.items():
+            batches.add_metric((path, transport), count)
         yield batches
 
 

@@ -170,27 +170,34 @@ def test_serving_cpu_ms_is_charged_against_the_shared_cores(
     assert any("serving CPU" in line for line in charged["plan"]["explanation"])
 
 
-def batches_by_transport(url: str) -> dict[str, float]:
+def batches_sent(url: str) -> dict[tuple[str, str], float]:
     text = http.request("GET", f"{url}/metrics").body
     assert isinstance(text, str)
-    found = re.findall(r'^gpulet_agent_batches_total\{transport="(\w+)"\} (\S+)$', text, re.M)
-    return {transport: float(count) for transport, count in found}
+    found = re.findall(
+        r'^gpulet_batches_sent_total\{path="(\w+)",transport="(\w+)"\} (\S+)$', text, re.M
+    )
+    return {(path, transport): float(count) for path, transport, count in found}
 
 
-@pytest.mark.parametrize("setting", ["true", "false"])
-def test_shared_memory_carries_large_batches_unless_turned_off(
-    redis_url: str, model_dir: Path, setting: str
+@pytest.mark.parametrize("direct", ["true", "false"])
+@pytest.mark.parametrize("shm", ["true", "false"])
+def test_batches_take_the_paths_their_settings_allow(
+    redis_url: str, model_dir: Path, shm: str, direct: str
 ) -> None:
+    """GPULET_DIRECT_TO_WORKERS: batches to the workers' own sockets or through the agent;
+    GPULET_SHARED_MEMORY: large ones through /dev/shm or inline. Every way answers right."""
     models = ("noop", "mobilenet_v2")  # a 64 B and a 602 KB input
-    for system in running(redis_url, model_dir, models=models,
-                          router_env={"GPULET_SHARED_MEMORY": setting}):  # fmt: skip
-        before = batches_by_transport(system.url)
+    env = {"GPULET_SHARED_MEMORY": shm, "GPULET_DIRECT_TO_WORKERS": direct}
+    for system in running(redis_url, model_dir, models=models, router_env=env):
+        before = batches_sent(system.url)
         assert_serves_correct_outputs(system.url, model_dir, models)
-        after = batches_by_transport(system.url)
-        sent = {t: after.get(t, 0.0) - before.get(t, 0.0) for t in ("shared_memory", "http")}
+        after = batches_sent(system.url)
+        sent = {key: after[key] - before.get(key, 0.0) for key in after}
+        path, other = ("worker", "agent") if direct == "true" else ("agent", "worker")
+        assert sent[other, "inline"] == sent[other, "shared_memory"] == 0, sent
         # Every mobilenet_v2 batch through /dev/shm when on (a batch may hold several of its
         # requests), none when off; noop's, small, always inline.
-        if setting == "true":
-            assert 1 <= sent["shared_memory"] <= REQUESTS and sent["http"] >= 1
+        if shm == "true":
+            assert 1 <= sent[path, "shared_memory"] <= REQUESTS and sent[path, "inline"] >= 1
         else:
-            assert sent["shared_memory"] == 0 and sent["http"] >= 2
+            assert sent[path, "shared_memory"] == 0 and sent[path, "inline"] >= 2

@@ -11,50 +11,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import psutil
 import pytest
 
 from agent.local_model import LocalModel, zoo_model
-from agent.supervisor import Supervisor, WorkerSlot
+from agent.supervisor import Supervisor
 from common.errors import BackendFailed, DeadlinePassed, Unavailable
-from common.modelzoo.cache import onnx_path
-from common.placement import GpuletModel, GpuletSpec
 from common.settings import AgentSettings
 from common.shared_memory import BatchSlots
+from tests.support.workers import CORE, in_process, ready, running_supervisor, spec
 
 pytestmark = pytest.mark.timeout(120)
-CORE = min(os.sched_getaffinity(0))
 LONG_S = 60.0
-
-
-def spec(gpulet_id: str, *models: str, cores: tuple[int, ...] = (CORE,)) -> GpuletSpec:
-    return GpuletSpec(gpulet_id, "agent", "cpu0", cores, tuple(GpuletModel(m) for m in models))
 
 
 @pytest.fixture
 async def supervisor(model_dir: Path) -> AsyncIterator[Supervisor]:
-    settings = AgentSettings(
-        model_dir=model_dir, worker_ping_interval_s=0.2, worker_stop_timeout_s=5.0
-    )
-    sup = Supervisor(settings)
-    await sup.start()
-    try:
+    async with running_supervisor(model_dir) as sup:
         yield sup
-    finally:
-        await sup.close()
-
-
-async def ready(slot: WorkerSlot, timeout_s: float = 60.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        await slot.ready.wait()
-
-
-def in_process(model_dir: Path, model: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path(model_dir, model)), options)
-    return list(session.run(None, inputs))
 
 
 async def test_outputs_equal_an_in_process_session_of_the_same_file(

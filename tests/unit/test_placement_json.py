@@ -38,7 +38,8 @@ AGENT = AgentInfo(
     started_at_s=1_700_000_000.25,
 )
 STATUSES = [
-    GpuletStatus("a.cpu0.c0_1", "ready", ("lenet", "noop"), (0, 1), 777, 2, 5),
+    GpuletStatus("a.cpu0.c0_1", "ready", ("lenet", "noop"), (0, 1), 777, 2, 5,
+                 direct_socket="/tmp/gpulet-agent-x/w3.sock"),
     GpuletStatus("b.cpu0.c3", "failed", ("resnet18",), (3,), None, 4, 0, error="exit code 1"),
 ]
 
