@@ -1,10 +1,13 @@
 """Serving's CPU per request: router and agent process CPU over a closed loop of one model.
 
-Run: `python benchmarks/serving_cpu.py [--json out.json]`. Starts `gpulet up --models
-noop,mobilenet_v2,resnet18 --no-build` with the static rule (one gpu-let a model, no planning
-to wait for), sends each model's requests from 4 clients, and divides the router's and the
-agent's CPU time (psutil, user + system) by the requests: what router/scheduling/serving_cpu.py's
-SERVING_FIXED_MS and SERVING_MS_PER_MB stand for, fitted here as a line over the body size.
+Run: `python benchmarks/serving_cpu.py [--repeats 3] [--json out.json]`. Per repeat and path,
+starts `gpulet up --models noop,mobilenet_v2,resnet18 --no-build` with the static rule (one
+gpu-let a model, no planning to wait for), sends each model's requests from 4 clients, and
+divides the router's and the agent's CPU time (psutil, user + system) by the requests, fitted
+as a line over the body size. Paths: `direct` (the default: batches to the workers' own
+sockets) gives router/scheduling/serving_cpu.py's SERVING_FIXED_MS and SERVING_MS_PER_MB;
+`via-agent` (GPULET_DIRECT_TO_WORKERS=false) minus `direct` gives AGENT_HOP_FIXED_MS and
+AGENT_HOP_MS_PER_MB. Medians with [min-max] over the repeats.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from loadgen.closed_loop import closed_loop
 CASES = (("noop", "json", 3000), ("noop", "base64", 3000), ("mobilenet_v2", "base64", 600),
          ("resnet18", "base64", 300), ("mobilenet_v2", "json", 200))  # fmt: skip
 CLIENTS = 4
+PATHS = {"direct": {}, "via-agent": {"GPULET_DIRECT_TO_WORKERS": "false"}}
 
 
 def body(model: str, form: str) -> bytes:
@@ -58,14 +62,12 @@ def cpu_s(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+def measure(env: dict[str, str]) -> dict[str, Any]:
+    """One system, every case: rows and the fitted line over base64 bodies."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp, gpulet_up(
         ["--models", "noop,mobilenet_v2,resnet18", "--no-build"],
-        {"GPULET_SCHEDULER": "static"}, Path(tmp) / "up.log",
+        {"GPULET_SCHEDULER": "static", **env}, Path(tmp) / "up.log",
     ) as (base, up_pid):  # fmt: skip
         processes = serving_processes(up_pid)
         for model, form, requests in CASES:
@@ -78,18 +80,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({"model": model, "form": form, "body_bytes": len(payload),
                          "cpu_ms": per_request, "total_ms": sum(per_request.values()),
                          "statuses": {str(k): v for k, v in result.statuses.items()}})
-            print(f"{model:13s} {form:6s} {len(payload):8d} B  router "
+            print(f"  {model:13s} {form:6s} {len(payload):8d} B  router "
                   f"{per_request['router']:.2f} + agent {per_request['agent']:.2f} = "
                   f"{sum(per_request.values()):.2f} ms CPU a request", flush=True)  # fmt: skip
     base64_rows = [r for r in rows if r["form"] == "base64"]
     sizes = np.array([r["body_bytes"] / 1e6 for r in base64_rows])
     costs = np.array([r["total_ms"] for r in base64_rows])
     slope, fixed = np.polyfit(sizes, costs, 1)
-    print(f"base64 bodies: {fixed:.2f} ms + {slope:.2f} ms per MB (router + agent)")
+    return {"rows": rows, "fixed_ms": float(fixed), "per_mb_ms": float(slope)}
+
+
+def spread(values: Sequence[float]) -> str:
+    return f"{float(np.median(values)):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+    for i in range(args.repeats):
+        for path, env in PATHS.items():  # side by side in each repeat
+            print(f"repeat {i + 1}/{args.repeats}, {path}:", flush=True)
+            runs[path].append(measure(env))
+    lines = []
+    for path, fits in runs.items():
+        lines.append(f"{path}: base64 bodies {spread([f['fixed_ms'] for f in fits])} ms + "
+                     f"{spread([f['per_mb_ms'] for f in fits])} ms per MB (router + agent)")
+    hop = list(zip(runs["via-agent"], runs["direct"], strict=True))
+    lines.append(f"the agent's hop: {spread([v['fixed_ms'] - d['fixed_ms'] for v, d in hop])} ms"
+                 f" + {spread([v['per_mb_ms'] - d['per_mb_ms'] for v, d in hop])} ms per MB")
+    print("\n".join(lines))
     if args.json is not None:
-        args.json.write_bytes(orjson.dumps({"command": " ".join(sys.argv), "rows": rows,
-                                            "fixed_ms": float(fixed), "per_mb_ms": float(slope)},
-                                           option=orjson.OPT_INDENT_2))  # fmt: skip
+        args.json.write_bytes(orjson.dumps({"command": " ".join(sys.argv), "runs": runs,
+                                            "summary": lines}, option=orjson.OPT_INDENT_2))
     return 0
 
 

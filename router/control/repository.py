@@ -277,7 +277,8 @@ class Repository:
         if not simulated and name in CATALOG:
             await self._prepare([name])
         slos = {**controller.slos_ms, name: spec.default_slo_ms}
-        serving_ms = serving_costs({name: spec}, {})[name]
+        via_agent = not self.settings.direct_to_workers
+        serving_ms = serving_costs({name: spec}, {}, via_agent=via_agent)[name]
         rates = dict(controller.rates_rps)
         if parameters.rate_rps is not None:
             rates[name] = parameters.rate_rps

@@ -11,7 +11,8 @@ from router.scheduling.serving_cpu import request_bytes, request_cost_ms
 
 
 def serving_costs(
-    models: Mapping[str, ModelSpec], overrides_ms: Mapping[str, float]
+    models: Mapping[str, ModelSpec], overrides_ms: Mapping[str, float], *, via_agent: bool = False
 ) -> dict[str, float]:
-    return {name: overrides_ms.get(name, request_cost_ms(request_bytes(spec)))
+    """`via_agent`: batches go through the agent (GPULET_DIRECT_TO_WORKERS=false)."""
+    return {name: overrides_ms.get(name, request_cost_ms(request_bytes(spec), via_agent=via_agent))
             for name, spec in models.items()}  # fmt: skip

@@ -144,7 +144,7 @@ def create_app(
         epoch_s=settings.replan_epoch_s,
         serving_ms=serving_costs(
             models, parse_per_model(settings.serving_cpu_ms, set(models), "GPULET_SERVING_CPU_MS",
-                                    "ms")),
+                                    "ms"), via_agent=not settings.direct_to_workers),
         membership=membership,
     )
     observed = DispatchMetrics()  # what /metrics counts per request and batch

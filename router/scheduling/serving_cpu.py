@@ -3,9 +3,9 @@
 On a CPU host the router, the agent and their codec run on the very cores the workers are
 planned on, unless serving has cores of its own (the agent's GPULET_SERVING_CORES; its device
 then says `sharing = "dedicated"`). Every request costs that serving some CPU: parsing and
-decoding the body, framing it for the agent, the agent's hop to the worker and back, encoding
-the answer. A plan that gives the workers every core and ignores it promises a peak the host
-cannot deliver (cpu-pair served 0.10 of its predicted peak on 2 cores).
+decoding the body, framing the batch for the worker (and, where batches go through the agent,
+the agent's hop), encoding the answer. A plan that gives the workers every core and ignores it
+promises a peak the host cannot deliver (cpu-pair served 0.10 of its predicted peak on 2 cores).
 
 So the planner charges it: at per-model rates r_m and serving costs c_m (ms of CPU a request),
 serving keeps busy
@@ -33,13 +33,17 @@ from common.models import ModelSpec
 from router.scheduling.schedulers import plan
 from router.scheduling.types import Device, ModelDemand, Plan, PlanConfig
 
-# Router + agent CPU per request, whatever it carries: HTTP, the dispatcher, the agent hop.
-# benchmarks/serving_cpu.py, 3 runs: fixed 0.79-0.86 ms, 2.44-2.68 ms per MB (medians 0.81,
-# 2.45); 1.43 and 4.72 before batches went through /dev/shm and the agent froze its start-up
-# objects.
-SERVING_FIXED_MS = 0.8
+# Router + agent CPU per request, whatever it carries: HTTP, the dispatcher, the batch to the
+# worker's own socket. benchmarks/serving_cpu.py, 3 repeats: 0.36 [0.35-0.37] ms fixed,
+# 1.77 [1.73-1.83] ms per MB (0.8 + 2.5 while every batch went through the agent's hop).
+SERVING_FIXED_MS = 0.35
 # ... and per MB of request body (base64 parse and decode, the frame the worker reads).
-SERVING_MS_PER_MB = 2.5
+SERVING_MS_PER_MB = 1.8
+# What the agent's hop adds where batches go through it (GPULET_DIRECT_TO_WORKERS=false), the
+# same benchmark's via-agent runs less its direct ones, side by side: 0.42 [0.40-0.46] ms and
+# 0.43 [0.28-0.61] ms per MB.
+AGENT_HOP_FIXED_MS = 0.4
+AGENT_HOP_MS_PER_MB = 0.4
 # Serving may take at most this share of the shared cores: past it, the workers' tails grow
 # without bound (processor sharing at utilisation near 1).
 MAX_SERVING_SHARE = 0.8
@@ -51,10 +55,12 @@ def request_bytes(spec: ModelSpec) -> int:
                for t in spec.inputs)  # fmt: skip
 
 
-def request_cost_ms(tensor_bytes: int) -> float:
-    """Serving CPU of one request of a batch-1 input of `tensor_bytes` bytes, sent base64."""
+def request_cost_ms(tensor_bytes: int, *, via_agent: bool = False) -> float:
+    """Serving CPU of one request of a batch-1 input of `tensor_bytes` bytes, sent base64;
+    `via_agent`: its batch goes through the agent's hop, not straight to the worker."""
     body_mb = tensor_bytes * 4 / 3 / 1e6
-    return SERVING_FIXED_MS + SERVING_MS_PER_MB * body_mb
+    cost = SERVING_FIXED_MS + SERVING_MS_PER_MB * body_mb
+    return cost + (AGENT_HOP_FIXED_MS + AGENT_HOP_MS_PER_MB * body_mb if via_agent else 0.0)
 
 
 def serving_share(demands: Sequence[ModelDemand], cost_ms: Mapping[str, float],

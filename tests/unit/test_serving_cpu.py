@@ -41,6 +41,15 @@ def test_the_cost_of_a_request_grows_with_its_body() -> None:
     assert image > 3 * SERVING_FIXED_MS
 
 
+def test_the_agents_hop_costs_more_where_batches_go_through_it() -> None:
+    image = 3 * 224 * 224 * 4
+    for size in (0, image):
+        assert request_cost_ms(size, via_agent=True) > request_cost_ms(size)
+    extra_small = request_cost_ms(0, via_agent=True) - request_cost_ms(0)
+    extra_image = request_cost_ms(image, via_agent=True) - request_cost_ms(image)
+    assert extra_image > extra_small  # the hop copies the body once more
+
+
 def test_serving_slows_the_shared_cores_and_past_its_cap_no_plan_holds() -> None:
     device = Device("cpu0", "a", PROFILE)
     demands = [ModelDemand("m", "m", 200.0, 100.0)]
