@@ -110,16 +110,19 @@ class AgentClient:
         try:
             direct = self._direct.get(agent_url, {}).get(gpulet_id)
             if direct is not None and self._links is not None and self._links.usable(direct):
+                sent = True
                 try:
                     reply = await self._links.run(
                         direct, gpulet_id, model, tensors if shared is None else None, timeout_s,
                         extra,
                     )  # fmt: skip
                     answered = True
-                    self.batches_sent["worker", transport] += 1
                     return reply
                 except NoDirectPath:
-                    pass  # nothing was sent: the agent takes it
+                    sent = False  # nothing went out: the agent takes it
+                finally:
+                    if sent:
+                        self.batches_sent["worker", transport] += 1
             self.batches_sent["agent", transport] += 1
             reply = await self._over_http(agent_url, gpulet_id, model, tensors, timeout_s, extra)
             answered = True
