@@ -124,7 +124,9 @@ class AgentClient:
                     if sent:
                         self.batches_sent["worker", transport] += 1
             self.batches_sent["agent", transport] += 1
-            reply = await self._over_http(agent_url, gpulet_id, model, tensors, timeout_s, extra)
+            header = {"model": model, "timeout_ms": timeout_s * 1000, **extra}
+            body = frames.encode(header, tensors if shared is None else None)
+            reply = await self._over_http(agent_url, gpulet_id, body, timeout_s)
             answered = True
             return reply
         except GpuletError as exc:
@@ -137,16 +139,8 @@ class AgentClient:
                 self._slots.release(shared, answered=answered)
 
     async def _over_http(
-        self,
-        agent_url: str,
-        gpulet_id: str,
-        model: str,
-        tensors: dict[str, frames.Array],
-        timeout_s: float,
-        extra: dict[str, object],
+        self, agent_url: str, gpulet_id: str, body: bytes, timeout_s: float
     ) -> frames.Frame:
-        header = {"model": model, "timeout_ms": timeout_s * 1000, **extra}
-        body = frames.encode(header, tensors if "shm_batch" not in extra else None)
         url = f"{agent_url}/v1/gpulets/{gpulet_id}/run"
         try:
             async with (
