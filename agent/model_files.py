@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -40,6 +41,14 @@ FETCH_CHUNK_BYTES = 1 << 20
 FETCH_READ_TIMEOUT_S = 60.0  # a stalled transfer fails; a large one may take as long as it needs
 RECORD_POLL_S = 0.2
 FILE_MODE = 0o644
+# A router publishes its models' records before it listens: an agent starting beside it may
+# find the record first. Connections refused are retried this long before the fetch fails.
+FETCH_CONNECT_WAIT_S = 30.0
+FETCH_RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class RouterNotListening(Unavailable):
+    """The fetch URL's host refused the connection (nothing sent or received yet)."""
 
 
 class ModelFiles:
@@ -95,8 +104,23 @@ class ModelFiles:
             cached = self.cache_dir / f"{published.sha256}.onnx"
             if await self._matches(cached, published):
                 return cached
-            await self._fetch(published, url, cached)
+            await self._fetch_when_listening(published, url, cached)
             return cached
+
+    async def _fetch_when_listening(self, published: ModelFile, url: str, target: Path) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FETCH_CONNECT_WAIT_S
+        for attempt in itertools.count():
+            try:
+                return await self._fetch(published, url, target)
+            except RouterNotListening as exc:
+                delay = FETCH_RETRY_S[min(attempt, len(FETCH_RETRY_S) - 1)]
+                if loop.time() + delay > deadline:
+                    raise
+                if attempt == 0:
+                    logger.info("%s; retrying for up to %.0fs (a router starting?)", exc.message,
+                                FETCH_CONNECT_WAIT_S)  # fmt: skip
+                await asyncio.sleep(delay)  # back-off between connection attempts
 
     async def _matches(self, path: Path, published: ModelFile) -> bool:
         try:
@@ -150,6 +174,9 @@ class ModelFiles:
                 )  # fmt: skip
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, target)
+        except aiohttp.ClientConnectorError as exc:
+            raise RouterNotListening(f"fetching {published.relpath}: the router at {url} "
+                                     f"refused the connection ({exc.os_error})") from exc
         except aiohttp.ClientError as exc:
             raise Unavailable(f"fetching {published.relpath} from the router ({url}) failed: "
                               f"{exc!r}") from exc  # fmt: skip

@@ -4,7 +4,10 @@ verified and cached; a wrong file is never kept; ONNX Runtime checks each file o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,17 +42,22 @@ class FileServer:
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FileServer]:
-    served = FileServer()
+async def serve_files(served: FileServer, port: int = 0) -> web.AppRunner:
     app = web.Application()
     app.router.add_get("/v1/model-files/{sha}", served.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     served.url = f"http://127.0.0.1:{port}"
+    return runner
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FileServer]:
+    served = FileServer()
+    runner = await serve_files(served)
     try:
         yield served
     finally:
@@ -81,6 +89,35 @@ async def test_an_agent_without_the_folder_fetches_verifies_and_caches_once(
     again = ModelFiles(AgentSettings(model_dir=tmp_path / "cache" / "models"), store)
     assert (await again.resolve_one("m")).path == local.path
     assert server.fetches == 1  # the second agent process found it cached
+
+
+async def test_a_router_not_listening_yet_is_waited_for(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A router publishes its records before it listens; an agent starting beside it fetches
+    once it does, not failing at the first refused connection."""
+    caplog.set_level(logging.INFO, logger="agent.model_files")
+    closed = socket.socket()  # holds a port nothing listens on: connections are refused
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    served = FileServer()
+    served.url = f"http://127.0.0.1:{port}"
+    sha = await publish(store, tmp_path / "repo", served)
+    files = ModelFiles(AgentSettings(model_dir=tmp_path / "cache"), store)
+    fetching = asyncio.create_task(files.resolve_one("m"))
+    try:
+        async with asyncio.timeout(10):
+            while "refused the connection" not in caplog.text:
+                assert not fetching.done(), fetching.result()
+                await asyncio.sleep(0.01)  # polls the log for the refused try; noqa: sleep-ok
+    finally:
+        closed.close()
+    runner = await serve_files(served, port)
+    try:
+        local = await fetching
+    finally:
+        await runner.cleanup()
+    assert local.path.name == f"{sha}.onnx" and served.fetches == 1
 
 
 async def test_an_agent_that_sees_the_folder_uses_the_file_in_place(
