@@ -68,6 +68,12 @@ class AgentClient:
             self._links = WorkerLinks()
         self._links.know({g: p for paths in self._direct.values() for g, p in paths.items()})
 
+    async def wait_direct(self, agent_url: str, gpulet_id: str) -> bool:
+        """Wait until batches for the gpulet can go to its worker's own socket; False if they
+        cannot (not listed, out of reach, or the setting is off)."""
+        path = self._direct.get(agent_url, {}).get(gpulet_id)
+        return path is not None and self._links is not None and await self._links.wait_open(path)
+
     def _share(self, agent_url: str, tensors: dict[str, frames.Array]) -> str | None:
         """The batch written to /dev/shm, its name; None to send it inline."""
         if not self._shares.get(agent_url):

@@ -96,15 +96,10 @@ class WorkerLink:
     async def call(
         self, header: dict[str, object], tensors: dict[str, frames.Array] | None, timeout_s: float
     ) -> frames.Frame:
-        """Send one message and wait for its reply. NoDirectPath: it was not sent."""
-        try:
-            async with asyncio.timeout(timeout_s):  # the hello waits for a batch running there
-                await asyncio.shield(self.opened)
-        except TimeoutError as exc:
-            raise DeadlinePassed(
-                f"gpulet {self.gpulet_id} did not take the connection within the deadline",
-                gpulet=self.gpulet_id,
-            ) from exc
+        """Send one message on the open link and wait for its reply. NoDirectPath: it was not
+        sent."""
+        if not self.opened.done() or self.opened.exception() is not None:
+            raise NoDirectPath(f"connection to {self.path} not open", reachable=True)
         if self.closed or self._writer is None or self._writer.is_closing():
             raise NoDirectPath(f"connection to {self.path} closed", reachable=True)
         call_id = next(self._ids)
@@ -193,6 +188,16 @@ class WorkerLinks:
     def usable(self, path: str) -> bool:
         return path not in self._unreachable
 
+    async def wait_open(self, path: str) -> bool:
+        """Wait until the link to `path` (listed by `know`) is open; False if it cannot be."""
+        link = self._links.get(path)
+        if link is None:
+            return False
+        with contextlib.suppress(NoDirectPath):
+            await asyncio.shield(link.opened)
+            return not link.closed
+        return False
+
     async def run(
         self,
         path: str,
@@ -207,6 +212,8 @@ class WorkerLinks:
         link = self._links.get(path)
         if link is None or link.closed:
             link = self._open(path, gpulet_id)  # a closed link to a live worker reconnects
+        if not link.opened.done():  # no batch waits for a connection: the agent takes it
+            raise NoDirectPath(f"connection to {path} still opening", reachable=True)
         header: dict[str, object] = {
             "op": "run", "model": model, "deadline_monotonic_s": time.monotonic() + timeout_s,
             **extra,

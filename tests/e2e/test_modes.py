@@ -194,7 +194,9 @@ def test_batches_take_the_paths_their_settings_allow(
         after = batches_sent(system.url)
         sent = {key: after[key] - before.get(key, 0.0) for key in after}
         path, other = ("worker", "agent") if direct == "true" else ("agent", "worker")
-        assert sent[other, "inline"] == sent[other, "shared_memory"] == 0, sent
+        strays = sent[other, "inline"] + sent[other, "shared_memory"]
+        # Through the agent only while a link opens, for a gpu-let a re-plan just started.
+        assert strays == 0 if direct == "false" else strays <= 2, sent
         # Every mobilenet_v2 batch through /dev/shm when on (a batch may hold several of its
         # requests), none when off; noop's, small, always inline.
         if shm == "true":

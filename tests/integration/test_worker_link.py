@@ -52,6 +52,13 @@ async def started(supervisor: Supervisor, gpulet_id: str, *models: str) -> str:
     return direct_socket(supervisor, gpulet_id)
 
 
+async def linked(links: WorkerLinks, gpulet_id: str, path: str) -> bool:
+    """Told of `path` as the gpulet's, as the router is by the agent's report; opened?"""
+    links.know({gpulet_id: path})
+    async with asyncio.timeout(10):
+        return await links.wait_open(path)
+
+
 def direct_socket(supervisor: Supervisor, gpulet_id: str) -> str:
     (status,) = [s for s in supervisor.statuses() if s.gpulet_id == gpulet_id]
     assert status.state == "ready" and status.direct_socket is not None
@@ -69,6 +76,7 @@ async def test_batches_on_the_worker_socket_answer_as_in_process_beside_the_agen
     supervisor: Supervisor, links: WorkerLinks, model_dir: Path
 ) -> None:
     path = await started(supervisor, "g1", "lenet", "mobilenet_v2")
+    assert await linked(links, "g1", path)
     rng = np.random.default_rng(11)
     lenet = {"input": rng.standard_normal((3, 1, 28, 28), dtype=np.float32)}
     mobile = {"input": rng.standard_normal((2, 3, 224, 224), dtype=np.float32)}
@@ -98,26 +106,41 @@ async def test_a_socket_out_of_reach_or_of_another_gpulet_is_not_used(
     supervisor: Supervisor, links: WorkerLinks, tmp_path: Path
 ) -> None:
     missing = str(tmp_path / "none.sock")
+    assert not await linked(links, "g1", missing)
+    assert not links.usable(missing)
     with pytest.raises(NoDirectPath):
         await links.run(missing, "g1", "noop", NOOP, LONG_S, {})
-    assert not links.usable(missing)
     path = await started(supervisor, "g1", "noop")
-    with pytest.raises(NoDirectPath, match="serves 'g1'"):
-        await links.run(path, "g2", "noop", NOOP, LONG_S, {})
+    assert not await linked(links, "g2", path)  # the worker's hello names g1
     assert not links.usable(path)  # for good: a worker's socket path is never reused
     fresh = WorkerLinks()
     try:
+        assert await linked(fresh, "g1", path)
         reply = await fresh.run(path, "g1", "noop", NOOP, LONG_S, {})
         np.testing.assert_array_equal(reply.tensors["output"], NOOP["input"])
     finally:
         await fresh.close()
 
 
+async def test_a_batch_never_waits_for_a_link_still_opening(
+    supervisor: Supervisor, links: WorkerLinks
+) -> None:
+    path = await started(supervisor, "g1", "noop")
+    links.know({"g1": path})  # the link opens in the background from here
+    with pytest.raises(NoDirectPath, match="still opening"):  # the agent takes this one
+        await links.run(path, "g1", "noop", NOOP, LONG_S, {})
+    assert links.usable(path)
+    async with asyncio.timeout(10):
+        assert await links.wait_open(path)
+    reply = await links.run(path, "g1", "noop", NOOP, LONG_S, {})
+    np.testing.assert_array_equal(reply.tensors["output"], NOOP["input"])
+
+
 async def test_a_killed_worker_fails_its_batch_at_once_and_its_successor_listens_elsewhere(
     supervisor: Supervisor, links: WorkerLinks
 ) -> None:
     old = await started(supervisor, "g1", "resnet50", "noop")
-    await links.run(old, "g1", "noop", NOOP, LONG_S, {})  # the link is open
+    assert await linked(links, "g1", old)
     slot = supervisor.slots["g1"]
     assert slot.process is not None and slot.process.pid is not None
     big = {"input": np.zeros((16, 3, 224, 224), dtype=np.float32)}  # hundreds of ms of work
@@ -134,6 +157,7 @@ async def test_a_killed_worker_fails_its_batch_at_once_and_its_successor_listens
     assert new != old and os.path.basename(old) not in os.listdir(os.path.dirname(old))
     with pytest.raises(NoDirectPath):
         await links.run(old, "g1", "noop", NOOP, LONG_S, {})
+    assert await linked(links, "g1", new)
     reply = await links.run(new, "g1", "noop", NOOP, LONG_S, {})
     np.testing.assert_array_equal(reply.tensors["output"], NOOP["input"])
 
@@ -142,6 +166,7 @@ async def test_a_router_can_neither_stop_the_worker_nor_break_it_with_a_torn_fra
     supervisor: Supervisor, links: WorkerLinks
 ) -> None:
     path = await started(supervisor, "g1", "noop")
+    assert await linked(links, "g1", path)
     reader, writer = await asyncio.open_unix_connection(path)
     hello = frames.decode(await read_message(reader)).header
     assert hello["gpulet_id"] == "g1"
@@ -173,6 +198,8 @@ async def test_the_client_goes_to_the_worker_when_it_can_else_through_the_agent(
         ways = [str(tmp_path / "elsewhere.sock"), path]  # another container's path, then ours
         for way in ways:
             client.know_gpulets(url, [{"gpulet_id": "g1", "state": "ready", "direct_socket": way}])
+            async with asyncio.timeout(10):
+                assert await client.wait_direct(url, "g1") == (direct and way == path)
             reply = await client.run(url, "g1", "noop", NOOP, LONG_S, "r1")
             np.testing.assert_array_equal(reply.tensors["output"], NOOP["input"])
         sent = {key: n for key, n in client.batches_sent.items() if n}
